@@ -1,0 +1,274 @@
+"""Layer graphs: a spec of named nodes with inputs, checked, then run as a DAG in a fixed order.
+
+A node either fills a **slot** (``norm``, ``attention``, ``cross_attention``, ``ffn``: the model's part of
+that name, so swapping ``model/norm`` swaps every norm node) or names a **block** directly (an ``op`` by
+default, any kind with ``kind:``). Any other key of a node is an argument of its block::
+
+    nodes:
+      norm1: {slot: norm, in: x}
+      attn:  {slot: attention, in: norm1}
+      res1:  {block: add, in: [x, attn]}
+      scaled: {block: scale, in: res1, value: 0.5}
+
+:func:`parse_graph` checks names, inputs, cycles, unused nodes, the output and each node's number of inputs,
+recording every problem with its config path; :class:`LayerGraph` runs the nodes in topological order with
+the argument plumbing fixed at build time.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from tfgraph.blocks.context import AttentionContext
+from tfgraph.registry import KINDS, Problems, bind, lookup, suggest
+
+SLOTS = ("norm", "attention", "cross_attention", "ffn")
+SLOT_KINDS = {"norm": "norm", "attention": "attention", "cross_attention": "attention", "ffn": "ffn"}
+NODE_KEYS = ("slot", "block", "kind", "in")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A resolved model part: the block class, its own config, and where that config lives."""
+
+    cls: type
+    config: Mapping[str, Any]
+    path: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a layer graph, ready to build."""
+
+    name: str
+    cls: type
+    kwargs: dict[str, Any]
+    inputs: tuple[str, ...]
+    path: str
+    source: str  # config path of the block's arguments (the model part for a slot node)
+
+
+@dataclass(frozen=True, eq=False)
+class GraphSpec:
+    """A checked layer graph: nodes in topological order, the layer's inputs and its output node.
+
+    Compared by identity: the layers of a stack that share a spec are the same object.
+    """
+
+    inputs: tuple[str, ...]
+    nodes: tuple[NodeSpec, ...]
+    output: str
+    path: str = ""
+
+
+def block_arity(cls: type) -> tuple[int, int | None]:
+    """How many tensor inputs a block's ``forward`` takes: ``(min, max)``, ``max`` None for ``*inputs``."""
+    params = [p for name, p in inspect.signature(cls.forward).parameters.items() if name != "self"]
+    if "context" in getattr(cls, "needs", ()):
+        params = params[:-1]
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return max(1, sum(p.default is inspect.Parameter.empty for p in params if p.kind is not p.VAR_POSITIONAL)), None
+    required = sum(p.default is inspect.Parameter.empty for p in params)
+    return required, len(params)
+
+
+def parse_graph(
+    nodes: Any,
+    *,
+    inputs: tuple[str, ...],
+    output: Any,
+    parts: Mapping[str, Part],
+    context: Mapping[str, Any],
+    path: str,
+    problems: Problems,
+) -> GraphSpec | None:
+    """Check a layer graph's config and resolve its nodes.
+
+    Args:
+        nodes: the mapping of node name to node config (``model.layer.nodes``).
+        inputs: the layer's own inputs (``("x",)``, or ``("x", "memory")`` for a cross-attending decoder).
+        output: the name of the node whose value the layer returns.
+        parts: the model parts that slots refer to.
+        context: model-level sizes handed to blocks by parameter name.
+        path: config path of ``nodes``, for messages.
+        problems: where mistakes are recorded.
+
+    Returns:
+        The graph spec, or ``None`` when a problem makes it unbuildable.
+    """
+    before = len(problems.items)
+    if not isinstance(nodes, Mapping) or not nodes:
+        problems.add(path, f"expected a mapping of node name to node config, got {nodes!r}")
+        return None
+    specs: dict[str, NodeSpec] = {}
+    for name, node in nodes.items():
+        spec = _parse_node(str(name), node, inputs, parts, context, f"{path}.{name}", problems)
+        if spec is not None:
+            specs[spec.name] = spec
+
+    known = set(nodes) | set(inputs)
+    for spec in specs.values():
+        for source in spec.inputs:
+            if source not in known:
+                problems.add(
+                    f"{spec.path}.in",
+                    f"unknown input {source!r}{suggest(source, known)}; a node reads other nodes "
+                    f"({', '.join(map(str, nodes))}) or the layer's inputs ({', '.join(inputs)})",
+                )
+    out_parent = path.rsplit(".", 1)[0]
+    if output not in nodes:
+        problems.add(
+            f"{out_parent}.output",
+            f"no output: the layer returns node {output!r}, which does not exist{suggest(str(output), map(str, nodes))}; "
+            f"nodes are {', '.join(map(str, nodes))}",
+        )
+    if len(problems.items) > before:
+        return None
+
+    order = _topological_order(specs, inputs, path, problems)
+    if order is None:
+        return None
+    used = _reachable(specs, output)
+    for name in order:
+        if name not in used:
+            problems.add(f"{path}.{name}", f"node {name!r} is unused: nothing on the way to output {output!r} reads it")
+    for layer_input in inputs:
+        if layer_input not in used and layer_input != "x":
+            problems.add(path, f"the layer input {layer_input!r} is never read (a decoder layer must cross-attend to it)")
+    if len(problems.items) > before:
+        return None
+    return GraphSpec(inputs=inputs, nodes=tuple(specs[name] for name in order), output=str(output), path=path)
+
+
+def _parse_node(
+    name: str,
+    node: Any,
+    inputs: tuple[str, ...],
+    parts: Mapping[str, Part],
+    context: Mapping[str, Any],
+    path: str,
+    problems: Problems,
+) -> NodeSpec | None:
+    if not name.isidentifier() or hasattr(nn.Module, name) or name in inputs:
+        problems.add(path, f"node name {name!r} must be a Python identifier, not an nn.Module attribute nor a layer input")
+        return None
+    if not isinstance(node, Mapping):
+        problems.add(path, f"expected a node config like {{slot: norm, in: x}}, got {node!r}")
+        return None
+    raw_in = node.get("in")
+    if raw_in is None:
+        problems.add(f"{path}.in", "every node needs `in`: the node or layer input(s) it reads")
+        return None
+    sources = (raw_in,) if isinstance(raw_in, str) else tuple(raw_in)
+    extra = {k: v for k, v in node.items() if k not in NODE_KEYS}
+
+    if ("slot" in node) == ("block" in node):
+        problems.add(path, "a node names exactly one of `slot` (a model part) or `block` (a registered block)")
+        return None
+    slot = node.get("slot")
+    if slot is not None:
+        if slot not in SLOTS:
+            problems.add(f"{path}.slot", f"unknown slot {slot!r}{suggest(slot, SLOTS)}; slots are {', '.join(SLOTS)}")
+            return None
+        if "kind" in node:
+            problems.add(f"{path}.kind", "`kind` goes with `block`, not with `slot` (a slot's kind is fixed)")
+        part = parts.get(slot)
+        if part is None:
+            problems.add(f"{path}.slot", f"this model has no {slot!r} part (model.{slot} is missing)")
+            return None
+        cls = part.cls
+        given = {**part.config, **extra}
+        key_paths = {k: f"{part.path}.{k}" for k in part.config} | {k: f"{path}.{k}" for k in extra}
+        kwargs = bind(cls, given, context=context, path=part.path, problems=problems, key_paths=key_paths)
+    else:
+        kind = node.get("kind", "op")
+        if kind not in KINDS:
+            problems.add(f"{path}.kind", f"unknown block kind {kind!r}{suggest(kind, KINDS)}; kinds are {', '.join(KINDS)}")
+            return None
+        cls = lookup(kind, node["block"], f"{path}.block", problems)
+        if cls is None:
+            return None
+        kwargs = bind(cls, extra, context=context, path=path, problems=problems)
+
+    low, high = block_arity(cls)
+    if len(sources) < low or (high is not None and len(sources) > high):
+        want = f"{low}" if low == high else (f"at least {low}" if high is None else f"{low} to {high}")
+        problems.add(f"{path}.in", f"{cls.__name__} takes {want} input(s), the node gives {len(sources)}: {list(sources)}")
+    source = parts[slot].path if slot is not None else path
+    return NodeSpec(name=name, cls=cls, kwargs=kwargs, inputs=sources, path=path, source=source)
+
+
+def _topological_order(
+    specs: Mapping[str, NodeSpec], inputs: tuple[str, ...], path: str, problems: Problems
+) -> list[str] | None:
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, trail: list[str]) -> bool:
+        if state.get(name) == 2 or name in inputs:
+            return True
+        if state.get(name) == 1:
+            cycle = trail[trail.index(name) :] + [name]
+            problems.add(f"{path}.{name}", f"cycle: {' -> '.join(cycle)}")
+            return False
+        state[name] = 1
+        for source in specs[name].inputs:
+            if not visit(source, trail + [name]):
+                return False
+        state[name] = 2
+        order.append(name)
+        return True
+
+    for name in specs:  # config order, so that a graph written in order runs in order
+        if not visit(name, []):
+            return None
+    return order
+
+
+def _reachable(specs: Mapping[str, NodeSpec], output: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [output]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(specs[name].inputs if name in specs else ())
+    return seen
+
+
+class LayerGraph(nn.Module):
+    """One layer: the blocks of a :class:`GraphSpec`, run in topological order.
+
+    Each node's block is a child module under the node's name (``layers.0.attn.qkv.weight``). The plan
+    (which values feed which node, and which nodes take the attention context) is fixed at build time, so
+    ``forward`` is a flat loop that ``torch.compile(fullgraph=True)`` unrolls.
+
+    forward(x: [B, T, d_model], ctx, memory: [B, S, d_model] | None) -> [B, T, d_model]
+    """
+
+    def __init__(self, spec: GraphSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        slots = {name: i for i, name in enumerate(spec.inputs)}
+        plan = []
+        for node in spec.nodes:
+            block = node.cls(**node.kwargs)
+            self.add_module(node.name, block)
+            wants_context = "context" in getattr(node.cls, "needs", ())
+            plan.append((block, tuple(slots[source] for source in node.inputs), wants_context))
+            slots[node.name] = len(slots)
+        self._plan = tuple(plan)
+        self._output = slots[spec.output]
+
+    def forward(self, x: Tensor, ctx: AttentionContext, memory: Tensor | None = None) -> Tensor:
+        values = [x, memory] if len(self.spec.inputs) == 2 else [x]
+        for block, sources, wants_context in self._plan:
+            args = [values[i] for i in sources]
+            values.append(block(*args, ctx) if wants_context else block(*args))
+        return values[self._output]

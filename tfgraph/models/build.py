@@ -1,0 +1,179 @@
+"""Builders: a checked :class:`~tfgraph.spec.ModelSpec` -> a topology module, after a dry run on ``meta``."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tfgraph.blocks.context import self_attention_context
+from tfgraph.graph import GraphSpec, LayerGraph
+from tfgraph.models.transformer import DecoderOnly, EncoderDecoder, EncoderOnly, Stack, Transformer
+from tfgraph.registry import Problems
+from tfgraph.spec import BlockSpec, ModelSpec, StackSpec, model_spec
+
+TOPOLOGY_CLASSES = {"decoder_only": DecoderOnly, "encoder_only": EncoderOnly, "encoder_decoder": EncoderDecoder}
+DRY_RUN_SHAPE = (2, 8)  # batch and sequence length of the dry run
+MEMORY_LEN = 5  # encoder length in the dry run of a cross-attending layer (differs from the decoder's on purpose)
+
+
+def build_model(model_cfg: Any, *, device: torch.device | str | None = None) -> Transformer:
+    """Build the model a config describes.
+
+    The config is checked first (every problem reported together, naming its config path), then every
+    distinct layer graph runs once on the ``meta`` device to find shape mismatches, and only then are
+    weights allocated and initialised.
+
+    Args:
+        model_cfg: the ``model`` node of a composed config (``tfgraph.compose(...).model``) or a plain dict.
+        device: where to allocate the weights (default: the current default device).
+
+    Raises:
+        tfgraph.ConfigError: for any config mistake.
+    """
+    spec = model_spec(model_cfg)
+    dry_run(spec)
+    with torch.device(device) if device is not None else nullcontext():
+        model = assemble(spec)
+        init_weights(model, spec.init_std)
+    return model
+
+
+def assemble(spec: ModelSpec) -> Transformer:
+    """Construct the modules of a spec (fresh blocks for every layer; nothing shared but what is tied)."""
+    parts: dict[str, Any] = {
+        "embedding": spec.embedding.build(),
+        "token_type": spec.token_type.build() if spec.token_type else None,
+        "head": spec.head.build() if spec.head else None,
+    }
+    if parts["head"] is not None and spec.tie_embeddings:
+        parts["head"].weight = parts["embedding"].weight
+    stacks = {
+        name: _build_stack(stack, spec)
+        for name, stack in (("encoder", spec.encoder), ("decoder", spec.decoder))
+        if stack is not None
+    }
+    model = TOPOLOGY_CLASSES[spec.topology](**parts, **stacks)
+    model.config = spec.config
+    model.spec = spec
+    return model
+
+
+def _build_stack(stack: StackSpec, spec: ModelSpec) -> Stack:
+    return Stack(
+        position=spec.position.build(),
+        layers=[LayerGraph(graph) for graph in stack.layers],
+        causal=stack.causal,
+        dropout=spec.sizes["dropout"],
+        embed_norm=spec.embed_norm.build() if spec.embed_norm else None,
+        final_norm=spec.final_norm.build() if spec.final_norm else None,
+    )
+
+
+def init_weights(model: nn.Module, std: float) -> None:
+    """Normal(0, std) for linear, embedding and learned position weights; zero biases; norms reset."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+        elif getattr(type(module), "block_kind", None) in ("embedding", "head", "position"):
+            for name, param in module.named_parameters(recurse=False):
+                if name == "bias":
+                    nn.init.zeros_(param)
+                elif param.dim() >= 2:
+                    nn.init.normal_(param, 0.0, std)
+        elif getattr(type(module), "block_kind", None) == "norm" and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+# ------------------------------------------------------------------------------------------------- dry run
+
+
+def dry_run(spec: ModelSpec) -> None:
+    """Build and run each distinct layer graph once on ``meta``; raise one ConfigError naming each failing node."""
+    problems = Problems()
+    with torch.device("meta"):
+        embedding = _try_build(spec.embedding, problems)
+        head = _try_build(spec.head, problems) if spec.head else None
+        for block in (spec.token_type, spec.embed_norm, spec.final_norm):
+            if block is not None:
+                _try_build(block, problems)
+        if spec.tie_embeddings and embedding is not None and head is not None:
+            e, h = getattr(embedding, "weight", None), getattr(head, "weight", None)
+            if not isinstance(e, Tensor) or not isinstance(h, Tensor) or e.shape != h.shape:
+                problems.add(
+                    "model.tie_embeddings",
+                    f"cannot tie {type(head).__name__}.weight {_shape(h)} to {type(embedding).__name__}.weight "
+                    f"{_shape(e)}; set model.tie_embeddings=false or use blocks with matching weights",
+                )
+        position = _try_build(spec.position, problems)
+        if position is not None:
+            for stack in (spec.encoder, spec.decoder):
+                if stack is not None:
+                    for graph in dict.fromkeys(stack.layers):  # distinct specs, in order
+                        _dry_run_graph(graph, position, stack.causal, spec.sizes["d_model"], problems)
+    problems.raise_if_any()
+
+
+def _try_build(block: BlockSpec, problems: Problems) -> nn.Module | None:
+    try:
+        return block.build()
+    except Exception as err:
+        problems.add(block.path, f"{block.cls.__name__} could not be built: {type(err).__name__}: {err}")
+        return None
+
+
+def _dry_run_graph(graph: GraphSpec, position: nn.Module, causal: bool, d_model: int, problems: Problems) -> None:
+    batch, length = DRY_RUN_SHAPE
+    values: dict[str, Tensor | None] = {"x": torch.empty(batch, length, d_model)}
+    if "memory" in graph.inputs:
+        values["memory"] = torch.empty(batch, MEMORY_LEN, d_model)
+    blocks = {}
+    for node in graph.nodes:
+        block = _try_build(BlockSpec(node.cls, node.kwargs, node.source), problems)
+        if block is None:
+            return
+        blocks[node.name] = block
+    attention = [b for b in blocks.values() if "context" in getattr(type(b), "needs", ())]
+    windows = tuple(dict.fromkeys(getattr(b, "window", None) for b in attention)) or (None,)
+    try:
+        ctx = self_attention_context(position, torch.arange(length), causal=causal, windows=windows)
+    except Exception as err:
+        problems.add("model.position", f"{type(position).__name__} failed in a dry run: {type(err).__name__}: {err}")
+        return
+    for node in graph.nodes:
+        args = [values[source] for source in node.inputs]
+        block = blocks[node.name]
+        try:
+            out = block(*args, ctx) if "context" in getattr(type(block), "needs", ()) else block(*args)
+        except NotImplementedError as err:
+            if "meta" not in str(err):
+                raise
+            out = torch.empty_like(args[0])  # data-dependent routing (MoE) cannot run on meta: shapes as its input
+        except Exception as err:
+            shapes = ", ".join(f"{s} {_shape(v)}" for s, v in zip(node.inputs, args, strict=True))
+            problems.add(node.path, f"{node.cls.__name__} failed on inputs {shapes}: {type(err).__name__}: {err}")
+            return
+        if not isinstance(out, Tensor):
+            problems.add(node.path, f"{node.cls.__name__} returned {type(out).__name__}, expected a tensor")
+            return
+        values[node.name] = out
+    out = values[graph.output]
+    if tuple(out.shape) != (batch, length, d_model):
+        problems.add(
+            f"{graph.path.rsplit('.', 1)[0]}.output",
+            f"the layer must return its input's shape {[batch, length, d_model]} but node {graph.output!r} "
+            f"gives {list(out.shape)}",
+        )
+
+
+def _shape(t: Any) -> str:
+    return str(list(t.shape)) if isinstance(t, Tensor) else "(none)"
+
+
+__all__ = ["build_model", "assemble", "dry_run", "init_weights", "model_spec"]

@@ -1,0 +1,326 @@
+"""Model config -> :class:`ModelSpec`: every key checked, sizes resolved, all mistakes reported together.
+
+Nothing here allocates a tensor. :func:`model_spec` reads the ``model`` node of a composed config, binds
+every block strictly (see :mod:`tfgraph.registry`) and parses the layer graphs (see :mod:`tfgraph.graph`);
+the first problem does not stop the check, so one :class:`~tfgraph.registry.ConfigError` lists them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tfgraph.graph import SLOTS, GraphSpec, Part, parse_graph
+from tfgraph.registry import ConfigError, Problems, bind, load_plugins, lookup, suggest
+
+TOPOLOGIES = ("encoder_only", "decoder_only", "encoder_decoder")
+# Model-level values that reach blocks by constructor parameter name.
+SIZE_KEYS = ("d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "max_len", "dropout")
+PART_KINDS = {
+    "attention": "attention",
+    "cross_attention": "attention",
+    "ffn": "ffn",
+    "norm": "norm",
+    "position": "position",
+    "embedding": "embedding",
+    "head": "head",
+}
+MODEL_KEYS = (
+    "topology",
+    *SIZE_KEYS,
+    "n_layers",
+    "n_decoder_layers",
+    "token_types",
+    "embed_norm",
+    "tie_embeddings",
+    "layer",
+    "pattern",
+    "init_std",
+    "plugins",
+    *PART_KINDS,
+)
+LAYER_KEYS = ("nodes", "cross_nodes", "output", "final_norm")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A block ready to build: its class, bound arguments and the config path they came from."""
+
+    cls: type
+    kwargs: dict[str, Any]
+    path: str
+
+    def build(self) -> Any:
+        return self.cls(**self.kwargs)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """A stack of layers: one graph per layer (repeated specs are the same object), and its masking."""
+
+    layers: tuple[GraphSpec, ...]
+    causal: bool
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a model, checked."""
+
+    topology: str
+    sizes: dict[str, Any]
+    embedding: BlockSpec
+    token_type: BlockSpec | None
+    position: BlockSpec
+    embed_norm: BlockSpec | None
+    final_norm: BlockSpec | None
+    head: BlockSpec | None
+    tie_embeddings: bool
+    init_std: float
+    encoder: StackSpec | None  # encoder_only and encoder_decoder
+    decoder: StackSpec | None  # decoder_only and encoder_decoder
+    config: dict[str, Any]  # the resolved model config as plain containers
+
+
+def to_container(cfg: Any, path: str = "model") -> dict[str, Any]:
+    """The model config as plain, resolved Python containers."""
+    if isinstance(cfg, DictConfig):
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError([(path, f"could not resolve the config: {err}")]) from err
+    if not isinstance(cfg, Mapping):
+        raise ConfigError([(path, f"expected a model config mapping, got {type(cfg).__name__}")])
+    return dict(cfg)
+
+
+def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
+    """Check a model config and resolve it into a :class:`ModelSpec`.
+
+    Args:
+        cfg: the ``model`` node of a composed config (DictConfig or plain dict).
+        path: its config path, for messages.
+
+    Raises:
+        ConfigError: listing every problem found, each with its config path.
+    """
+    cfg = to_container(cfg, path)
+    load_plugins(cfg.get("plugins"), f"{path}.plugins")
+    problems = Problems()
+
+    for key in cfg:
+        if key not in MODEL_KEYS:
+            problems.add(f"{path}.{key}", f"unknown model key{suggest(key, MODEL_KEYS)}; model keys are {', '.join(MODEL_KEYS)}")
+    topology = cfg.get("topology")
+    if topology not in TOPOLOGIES:
+        problems.add(f"{path}.topology", f"expected one of {', '.join(TOPOLOGIES)}, got {topology!r}{suggest(topology, TOPOLOGIES)}")
+    sizes = _sizes(cfg, path, problems)
+    n_layers = _count(cfg, "n_layers", path, problems)
+    n_decoder_layers = cfg.get("n_decoder_layers")
+    if topology == "encoder_decoder":
+        n_decoder_layers = n_layers if n_decoder_layers is None else _count(cfg, "n_decoder_layers", path, problems)
+
+    parts: dict[str, Part] = {}
+    for name, kind in PART_KINDS.items():
+        if name == "cross_attention" and topology != "encoder_decoder":
+            continue
+        if name == "head" and topology == "encoder_only":
+            continue
+        part = _part(cfg.get(name), kind, f"{path}.{name}", problems)
+        if part is not None:
+            parts[name] = part
+
+    def block(name: str, overrides: Mapping[str, Any] | None = None) -> BlockSpec | None:
+        part = parts.get(name)
+        if part is None:
+            return None
+        context = {**sizes, **(overrides or {})}
+        return BlockSpec(part.cls, bind(part.cls, part.config, context=context, path=part.path, problems=problems), part.path)
+
+    embedding = block("embedding")
+    position = block("position")
+    head = block("head") if topology != "encoder_only" else None
+    token_types = cfg.get("token_types", 0)
+    token_type = None
+    if token_types:
+        if not isinstance(token_types, int) or isinstance(token_types, bool) or token_types < 0:
+            problems.add(f"{path}.token_types", f"expected a count of token types >= 0, got {token_types!r}")
+        else:
+            token_type = block("embedding", {"vocab_size": token_types})
+    embed_norm = block("norm") if _flag(cfg, "embed_norm", False, path, problems) else None
+    tie = _flag(cfg, "tie_embeddings", True, path, problems)  # shapes are checked in the dry run
+
+    layer = cfg.get("layer")
+    encoder = decoder = None
+    final_norm = None
+    if not isinstance(layer, Mapping):
+        problems.add(f"{path}.layer", f"expected a layer graph (choose one with model/layer=...), got {layer!r}")
+    else:
+        for key in layer:
+            if key not in LAYER_KEYS:
+                problems.add(f"{path}.layer.{key}", f"unknown layer key{suggest(key, LAYER_KEYS)}; layer keys are {', '.join(LAYER_KEYS)}")
+        if _flag(layer, "final_norm", True, f"{path}.layer", problems):
+            final_norm = block("norm")
+        pattern = _pattern(cfg.get("pattern"), f"{path}.pattern", problems)
+        graphs = {
+            "self": lambda items: _layers(layer, "nodes", ("x",), parts, items, sizes, path, problems),
+            "cross": lambda items: _layers(layer, "cross_nodes", ("x", "memory"), parts, items, sizes, path, problems),
+        }
+        if topology in ("encoder_only", "encoder_decoder") and n_layers:
+            encoder = _stack(graphs["self"](pattern), n_layers, causal=False)
+        if topology == "decoder_only" and n_layers:
+            decoder = _stack(graphs["self"](pattern), n_layers, causal=True)
+        if topology == "encoder_decoder" and n_decoder_layers:
+            if "cross_nodes" not in layer:
+                problems.add(f"{path}.layer.cross_nodes", "an encoder_decoder needs the decoder layer's graph (`cross_nodes`)")
+            else:
+                decoder = _stack(graphs["cross"](pattern), n_decoder_layers, causal=True)
+
+    init_std = cfg.get("init_std", 0.02)
+    if not isinstance(init_std, (int, float)) or isinstance(init_std, bool) or init_std <= 0:
+        problems.add(f"{path}.init_std", f"expected a positive number, got {init_std!r}")
+    problems.raise_if_any()
+    return ModelSpec(
+        topology=topology,
+        sizes=sizes,
+        embedding=embedding,
+        token_type=token_type,
+        position=position,
+        embed_norm=embed_norm,
+        final_norm=final_norm,
+        head=head,
+        tie_embeddings=tie,
+        init_std=float(init_std),
+        encoder=encoder,
+        decoder=decoder,
+        config=cfg,
+    )
+
+
+def _sizes(cfg: Mapping[str, Any], path: str, problems: Problems) -> dict[str, Any]:
+    sizes: dict[str, Any] = {}
+    for key in ("d_model", "n_heads", "d_ff", "vocab_size", "max_len"):
+        sizes[key] = _count(cfg, key, path, problems)
+    n_kv = cfg.get("n_kv_heads")
+    sizes["n_kv_heads"] = sizes["n_heads"] if n_kv is None else _count(cfg, "n_kv_heads", path, problems)
+    dropout = cfg.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        problems.add(f"{path}.dropout", f"expected a probability in [0, 1), got {dropout!r}")
+        dropout = 0.0
+    sizes["dropout"] = float(dropout)
+
+    d_model, n_heads, n_kv = sizes["d_model"], sizes["n_heads"], sizes["n_kv_heads"]
+    if d_model and n_heads and d_model % n_heads:
+        problems.add(
+            f"{path}.n_heads",
+            f"model.d_model ({d_model}) is not divisible by model.n_heads ({n_heads}): each head gets "
+            f"d_model / n_heads dimensions; pick n_heads among {_divisors(d_model)} or change d_model",
+        )
+    if n_heads and n_kv and n_heads % n_kv:
+        problems.add(
+            f"{path}.n_kv_heads",
+            f"model.n_heads ({n_heads}) is not divisible by model.n_kv_heads ({n_kv}): query heads share key/value "
+            f"heads in equal groups; pick n_kv_heads among {_divisors(n_heads)}",
+        )
+    return sizes
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
+
+
+def _count(cfg: Mapping[str, Any], key: str, path: str, problems: Problems) -> int | None:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        problems.add(f"{path}.{key}", f"expected a positive integer, got {value!r}")
+        return None
+    return value
+
+
+def _flag(cfg: Mapping[str, Any], key: str, default: bool, path: str, problems: Problems) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        problems.add(f"{path}.{key}", f"expected true or false, got {value!r}")
+        return default
+    return value
+
+
+def _part(value: Any, kind: str, path: str, problems: Problems) -> Part | None:
+    if not isinstance(value, Mapping) or "block" not in value:
+        problems.add(path, f"expected a {kind} block config with a `block` name, got {value!r}")
+        return None
+    cls = lookup(kind, value["block"], f"{path}.block", problems)
+    if cls is None:
+        return None
+    return Part(cls=cls, config={k: v for k, v in value.items() if k != "block"}, path=path)
+
+
+def _pattern(value: Any, path: str, problems: Problems) -> list[tuple[Mapping[str, Any], str]]:
+    """The per-layer overrides, each with its config path; ``[({}, "")]`` when there is no pattern."""
+    if value is None:
+        return [({}, "")]
+    if not isinstance(value, (list, tuple)) or not value:
+        problems.add(path, f"expected a non-empty list of per-layer overrides, got {value!r}")
+        return [({}, "")]
+    items = []
+    for i, item in enumerate(value):
+        item = item or {}
+        if not isinstance(item, Mapping):
+            problems.add(f"{path}[{i}]", f"expected a mapping of part to overrides, got {item!r}")
+            item = {}
+        for key in item:
+            if key not in SLOTS:
+                problems.add(f"{path}[{i}].{key}", f"a pattern overrides the parts {', '.join(SLOTS)}{suggest(key, SLOTS)}")
+        items.append(({k: v for k, v in item.items() if k in SLOTS}, f"{path}[{i}]"))
+    return items
+
+
+def _layers(
+    layer: Mapping[str, Any],
+    key: str,
+    inputs: tuple[str, ...],
+    parts: Mapping[str, Part],
+    pattern: list[tuple[Mapping[str, Any], str]],
+    sizes: Mapping[str, Any],
+    path: str,
+    problems: Problems,
+) -> list[GraphSpec | None]:
+    """One graph spec per pattern entry (the stack cycles through them)."""
+    graphs = []
+    for overrides, where in pattern:
+        layer_parts = dict(parts)
+        for name, override in overrides.items():
+            layer_parts[name] = _override(parts.get(name), override, PART_KINDS[name], f"{where}.{name}", problems)
+        graphs.append(
+            parse_graph(
+                layer.get(key),
+                inputs=inputs,
+                output=layer.get("output", "out"),
+                parts={k: v for k, v in layer_parts.items() if v is not None},
+                context=sizes,
+                path=f"{path}.layer.{key}",
+                problems=problems,
+            )
+        )
+    return graphs
+
+
+def _override(base: Part | None, override: Any, kind: str, path: str, problems: Problems) -> Part | None:
+    """A pattern entry's part: a new block when it names one, else the base config with keys replaced."""
+    if not isinstance(override, Mapping):
+        problems.add(path, f"expected a mapping of {kind} arguments, got {override!r}")
+        return base
+    if "block" in override:
+        return _part(override, kind, path, problems)
+    if base is None:
+        return None
+    return Part(cls=base.cls, config={**base.config, **override}, path=path)
+
+
+def _stack(graphs: list[GraphSpec | None], n_layers: int, *, causal: bool) -> StackSpec | None:
+    if any(g is None for g in graphs):
+        return None
+    return StackSpec(layers=tuple(graphs[i % len(graphs)] for i in range(n_layers)), causal=causal)
