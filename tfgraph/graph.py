@@ -82,7 +82,7 @@ def parse_graph(
     *,
     inputs: tuple[str, ...],
     output: Any,
-    parts: Mapping[str, Part],
+    parts: Mapping[str, Part | None],
     context: Mapping[str, Any],
     path: str,
     problems: Problems,
@@ -93,7 +93,7 @@ def parse_graph(
         nodes: the mapping of node name to node config (``model.layer.nodes``).
         inputs: the layer's own inputs (``("x",)``, or ``("x", "memory")`` for a cross-attending decoder).
         output: the name of the node whose value the layer returns.
-        parts: the model parts that slots refer to.
+        parts: the model parts that slots refer to (``None`` for a part whose own config is wrong).
         context: model-level sizes handed to blocks by parameter name.
         path: config path of ``nodes``, for messages.
         problems: where mistakes are recorded.
@@ -127,7 +127,7 @@ def parse_graph(
             f"no output: the layer returns node {output!r}, which does not exist{suggest(str(output), map(str, nodes))}; "
             f"nodes are {', '.join(map(str, nodes))}",
         )
-    if len(problems.items) > before:
+    if len(problems.items) > before or len(specs) < len(nodes):
         return None
 
     order = _topological_order(specs, inputs, path, problems)
@@ -149,7 +149,7 @@ def _parse_node(
     name: str,
     node: Any,
     inputs: tuple[str, ...],
-    parts: Mapping[str, Part],
+    parts: Mapping[str, Part | None],
     context: Mapping[str, Any],
     path: str,
     problems: Problems,
@@ -177,9 +177,11 @@ def _parse_node(
             return None
         if "kind" in node:
             problems.add(f"{path}.kind", "`kind` goes with `block`, not with `slot` (a slot's kind is fixed)")
-        part = parts.get(slot)
-        if part is None:
+        if slot not in parts:
             problems.add(f"{path}.slot", f"this model has no {slot!r} part (model.{slot} is missing)")
+            return None
+        part = parts[slot]
+        if part is None:  # the part itself is wrong, and that problem is already recorded
             return None
         cls = part.cls
         given = {**part.config, **extra}

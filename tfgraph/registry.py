@@ -61,7 +61,7 @@ class Problems:
 def suggest(name: str, choices: Iterable[str]) -> str:
     """A ``did you mean`` hint listing the choices closest to ``name`` (empty when none is close)."""
     close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def register(kind: str, name: str) -> Callable[[_T], _T]:
@@ -146,9 +146,17 @@ def bind(
     for key, value in given.items():
         if key not in params:
             own = sorted(p for p in params if p not in context)
+            where_key = key_paths.get(key, f"{path}.{key}")
+            close = difflib.get_close_matches(key, [*own, *context], n=1, cutoff=0.6)
+            if key in context or (close and close[0] in context):
+                size = key if key in context else close[0]
+                hint = f"; {size!r} is a model-level size: set model.{size}"
+            else:
+                hint = suggest(key, own)
             problems.add(
-                key_paths.get(key, f"{path}.{key}"),
-                f"{where} takes no argument {key!r}{suggest(key, own)}; it takes: {', '.join(own) or 'nothing'}",
+                where_key,
+                f"{where} takes no argument {key!r}{hint}. It takes: {', '.join(own) or 'nothing'} "
+                f"(a key left over from another block can be dropped with ~{where_key})",
             )
             continue
         hint = hints.get(key, Any)

@@ -123,15 +123,13 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
     if topology == "encoder_decoder":
         n_decoder_layers = n_layers if n_decoder_layers is None else _count(cfg, "n_decoder_layers", path, problems)
 
-    parts: dict[str, Part] = {}
+    parts: dict[str, Part | None] = {}
     for name, kind in PART_KINDS.items():
         if name == "cross_attention" and topology != "encoder_decoder":
             continue
         if name == "head" and topology == "encoder_only":
             continue
-        part = _part(cfg.get(name), kind, f"{path}.{name}", problems)
-        if part is not None:
-            parts[name] = part
+        parts[name] = _part(cfg.get(name), kind, f"{path}.{name}", problems)
 
     def block(name: str, overrides: Mapping[str, Any] | None = None) -> BlockSpec | None:
         part = parts.get(name)
@@ -282,7 +280,7 @@ def _layers(
     layer: Mapping[str, Any],
     key: str,
     inputs: tuple[str, ...],
-    parts: Mapping[str, Part],
+    parts: Mapping[str, Part | None],
     pattern: list[tuple[Mapping[str, Any], str]],
     sizes: Mapping[str, Any],
     path: str,
@@ -299,7 +297,7 @@ def _layers(
                 layer.get(key),
                 inputs=inputs,
                 output=layer.get("output", "out"),
-                parts={k: v for k, v in layer_parts.items() if v is not None},
+                parts=layer_parts,
                 context=sizes,
                 path=f"{path}.layer.{key}",
                 problems=problems,

@@ -1,0 +1,220 @@
+"""Attention blocks: multi-head self-attention (MHA, GQA, MQA), its sliding-window variant, cross-attention.
+
+Every block takes the stack's :class:`~tfgraph.blocks.context.AttentionContext` as its last argument (declared by
+``needs = ("context",)``): the masks, the rotary tables and the position biases are built once per forward by the
+stack, not by each layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tfgraph.blocks.context import AttentionContext
+from tfgraph.blocks.position import apply_rotary
+from tfgraph.registry import register
+
+
+def _head_sizes(name: str, d_model: int, n_heads: int, n_kv_heads: int | None) -> tuple[int, int]:
+    """Validate the head counts; returns ``(n_kv_heads, head_dim)``."""
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    if n_heads <= 0 or n_kv_heads <= 0:
+        raise ValueError(f"{name}: n_heads={n_heads} and n_kv_heads={n_kv_heads} must be positive")
+    if d_model % n_heads:
+        raise ValueError(f"{name}: d_model={d_model} is not divisible by n_heads={n_heads}")
+    if n_heads % n_kv_heads:
+        raise ValueError(f"{name}: n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
+    return n_kv_heads, d_model // n_heads
+
+
+def _split_heads(x: Tensor, n_heads: int) -> Tensor:
+    """[B, T, n_heads * head_dim] -> [B, n_heads, T, head_dim]."""
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)
+
+
+def _merge_heads(y: Tensor) -> Tensor:
+    """[B, n_heads, T, head_dim] -> [B, T, n_heads * head_dim]."""
+    B, H, T, D = y.shape
+    return y.transpose(1, 2).contiguous().view(B, T, H * D)
+
+
+def _as_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
+    """SDPA takes a boolean mask or an additive one in the query's dtype (a float32 bias under bf16, say)."""
+    if mask is None or mask.dtype == torch.bool:
+        return mask
+    return mask.to(like.dtype)
+
+
+@register("attention", "multihead")
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with grouped key/value heads (MHA, GQA or MQA).
+
+    ``n_kv_heads`` key/value heads are shared by groups of ``n_heads // n_kv_heads`` query heads: ``None`` or
+    ``n_heads`` is standard multi-head attention, ``1`` is multi-query attention. q, k and v come from one fused
+    projection ``qkv`` whose output is laid out ``[q (n_heads * head_dim) | k (n_kv * head_dim) | v (n_kv * head_dim)]``.
+
+    Args:
+        d_model: model width; ``head_dim = d_model // n_heads``.
+        n_heads: number of query heads.
+        n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
+        dropout: dropout probability on the attention weights (training only).
+        bias: whether the projections have biases.
+        qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before rotary and scoring.
+        softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
+    """
+
+    needs = ("context",)
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        qk_norm: bool = False,
+        softmax_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads)
+        self.d_model, self.n_heads = d_model, n_heads
+        self.dropout = dropout
+        self.softmax_scale = softmax_scale
+        self.window: int | None = None  # the key of this block's mask in ctx.masks (None = global)
+        self.qkv = nn.Linear(d_model, d_model + 2 * self.n_kv_heads * self.head_dim, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+
+    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
+        """x: [B, T, d_model] -> [B, T, d_model]."""
+        kv_dim = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([self.d_model, kv_dim, kv_dim], dim=-1)
+        q = _split_heads(q, self.n_heads)  # [B, H, T, hd]
+        k = _split_heads(k, self.n_kv_heads)  # [B, H_kv, T, hd]
+        v = _split_heads(v, self.n_kv_heads)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if ctx.rope is not None:
+            q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+        mask = _as_mask(ctx.masks[self.window], q)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and ctx.is_causal,
+            scale=self.softmax_scale,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # [B, H, T, hd]
+        return self.out(_merge_heads(y))
+
+
+@register("attention", "sliding_window")
+class SlidingWindowAttention(MultiHeadAttention):
+    """Self-attention in which a token sees only the ``window`` positions up to and including itself (Mistral).
+
+    Causally, a query at position ``i`` attends to keys ``j`` with ``i - window < j <= i``; without causality, to
+    keys with ``|i - j| < window``. The stack builds the banded mask (keyed by ``window`` in ``ctx.masks``); the
+    block only names its window.
+
+    Args:
+        d_model: model width; ``head_dim = d_model // n_heads``.
+        n_heads: number of query heads.
+        n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
+        dropout: dropout probability on the attention weights (training only).
+        bias: whether the projections have biases.
+        qk_norm: RMS-normalise q and k over ``head_dim`` before rotary and scoring.
+        softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)``.
+        window: how many positions (the token's own included) a token attends to; positive.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        qk_norm: bool = False,
+        softmax_scale: float | None = None,
+        window: int = 4096,
+    ) -> None:
+        super().__init__(
+            d_model=d_model,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            dropout=dropout,
+            bias=bias,
+            qk_norm=qk_norm,
+            softmax_scale=softmax_scale,
+        )
+        if window <= 0:
+            raise ValueError(f"{type(self).__name__}: window must be positive, got {window}")
+        self.window = window
+
+
+@register("attention", "cross")
+class CrossAttention(nn.Module):
+    """Attention from the decoder's tokens (queries) to the encoder's output (keys and values).
+
+    Never causal and without rotary: the memory has no position relative to the queries. Padded memory positions
+    are masked by ``ctx.memory_mask``.
+
+    Args:
+        d_model: model width; ``head_dim = d_model // n_heads``.
+        n_heads: number of query heads.
+        n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
+        dropout: dropout probability on the attention weights (training only).
+        bias: whether the projections have biases.
+        qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before scoring.
+        softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
+    """
+
+    needs = ("context",)
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        qk_norm: bool = False,
+        softmax_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads)
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.softmax_scale = softmax_scale
+        self.q = nn.Linear(d_model, d_model, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+
+    def forward(self, x: Tensor, memory: Tensor, ctx: AttentionContext) -> Tensor:
+        """x: [B, Tq, d_model], memory: [B, Tk, d_model] -> [B, Tq, d_model]."""
+        q = _split_heads(self.q(x), self.n_heads)  # [B, H, Tq, hd]
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        k = _split_heads(k, self.n_kv_heads)  # [B, H_kv, Tk, hd]
+        v = _split_heads(v, self.n_kv_heads)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=_as_mask(ctx.memory_mask, q),
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.softmax_scale,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # [B, H, Tq, hd]
+        return self.out(_merge_heads(y))

@@ -1,0 +1,235 @@
+"""Position blocks: how a stack tells its tokens apart by position.
+
+Each block implements one hook of :class:`~tfgraph.blocks.context.Position`:
+
+- absolute schemes (``learned``, ``sinusoidal``) add a vector to the token embeddings (``embed``);
+- rotary schemes (``rope``) return ``(cos, sin)`` tables that attention applies to q and k (``rotary``);
+- bias schemes (``alibi``, ``t5_bias``) return an additive attention-score bias (``score_bias``).
+
+The stack calls the hooks once per forward; attention blocks read the results from the
+:class:`~tfgraph.blocks.context.AttentionContext`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from tfgraph.blocks.context import Position
+from tfgraph.registry import register
+
+
+@register("position", "none")
+class NoPosition(Position):
+    """No position information at all (a bag of tokens, or a model that relies on causal masking alone)."""
+
+
+@register("position", "learned")
+class LearnedPosition(Position):
+    """A learned vector per absolute position, added to the embeddings (GPT-2, BERT).
+
+    Args:
+        max_len: number of positions in the table; positions must be ``< max_len``.
+        d_model: model width.
+    """
+
+    def __init__(self, *, max_len: int, d_model: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(max_len, d_model)
+        nn.init.normal_(self.table.weight, std=0.02)  # GPT-2's initialisation
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: [B, T, d_model], positions: [T] -> [B, T, d_model]."""
+        return x + self.table(positions)
+
+
+def sinusoid_table(max_len: int, d_model: int) -> Tensor:
+    """The fixed table of Vaswani et al. (2017), ``[max_len, d_model]``.
+
+    ``table[p, 2i] = sin(p / 10000^(2i / d_model))`` and ``table[p, 2i + 1] = cos(p / 10000^(2i / d_model))``.
+    """
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]  # [max_len, 1]
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])  # an odd d_model has one cosine fewer
+    return table
+
+
+@register("position", "sinusoidal")
+class SinusoidalPosition(Position):
+    """Fixed sinusoidal vectors added to the embeddings (the original Transformer). No parameters.
+
+    Args:
+        max_len: number of positions in the table; positions must be ``< max_len``.
+        d_model: model width.
+    """
+
+    def __init__(self, *, max_len: int, d_model: int) -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoid_table(max_len, d_model), persistent=False)
+
+    def embed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: [B, T, d_model], positions: [T] -> [B, T, d_model]."""
+        return x + self.table[positions].to(x.dtype)
+
+
+@register("position", "rope")
+class RotaryPosition(Position):
+    """Rotary position embedding (Su et al., 2021) in the GPT-NeoX / Llama ``rotate_half`` layout.
+
+    Dimension ``i`` of the rotated part is paired with dimension ``i + rot_dim / 2`` and the pair is rotated by
+    the angle ``position * base^(-2i / rot_dim)``. With ``fraction < 1`` only the first ``rot_dim`` dimensions of
+    each head are rotated and the rest pass through (partial rotary, as in GPT-NeoX and Phi).
+
+    Args:
+        d_model: model width.
+        n_heads: number of query heads; the head size is ``d_model // n_heads``.
+        max_len: number of positions in the tables; positions must be ``< max_len``.
+        base: the wavelength base ``theta``.
+        fraction: the share of each head's dimensions that is rotated, in ``(0, 1]``; ``rot_dim`` is
+            ``int(head_dim * fraction)`` rounded down to an even number.
+    """
+
+    def __init__(
+        self, *, d_model: int, n_heads: int, max_len: int, base: float = 10000.0, fraction: float = 1.0
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"rope: d_model={d_model} is not divisible by n_heads={n_heads}")
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"rope: fraction must be in (0, 1], got {fraction}")
+        head_dim = d_model // n_heads
+        self.rot_dim = int(head_dim * fraction) // 2 * 2
+        if self.rot_dim == 0:
+            raise ValueError(f"rope: fraction={fraction} of head_dim={head_dim} leaves no pair of dimensions to rotate")
+        # Computed in float32 the way Hugging Face does, so that imported checkpoints reproduce exactly.
+        inv_freq = 1.0 / (base ** (torch.arange(0, self.rot_dim, 2, dtype=torch.int64).float() / self.rot_dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # [max_len, rot_dim / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [max_len, rot_dim], the rotate_half layout
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions: [T] -> ``(cos, sin)``, each [T, rot_dim]."""
+        return self.cos[positions], self.sin[positions]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first ``rot_dim`` dimensions of every head; the rest pass through.
+
+    Args:
+        x: [B, H, T, head_dim] queries or keys.
+        cos: [T, rot_dim] from :meth:`RotaryPosition.rotary`.
+        sin: [T, rot_dim].
+
+    Returns:
+        [B, H, T, head_dim], in the dtype of ``x``.
+    """
+    rot_dim = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x_rot = x[..., :rot_dim]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated = x_rot * cos + torch.cat((-x2, x1), dim=-1) * sin  # rotate_half(x) = (-x2, x1)
+    if rot_dim == x.shape[-1]:
+        return rotated
+    return torch.cat((rotated, x[..., rot_dim:]), dim=-1)
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """The per-head slopes of ALiBi (Press et al., 2022), as in the paper's reference code.
+
+    For a power of two ``n`` the slopes are the geometric sequence ``2^(-8/n), 2^(-16/n), ..., 2^(-8)``. Otherwise
+    they are the slopes of the largest power of two below ``n``, followed by every other slope of twice that power
+    until there are ``n``.
+    """
+    if math.log2(n_heads).is_integer():
+        start = 2.0 ** (-8.0 / n_heads)
+        return [start ** (i + 1) for i in range(n_heads)]
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return alibi_slopes(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
+
+
+@register("position", "alibi")
+class ALiBiPosition(Position):
+    """Attention with linear biases: each head penalises a score by ``slope * distance`` (BLOOM, MPT).
+
+    Args:
+        n_heads: number of query heads; every head gets its own slope.
+    """
+
+    def __init__(self, *, n_heads: int) -> None:
+        super().__init__()
+        if n_heads <= 0:
+            raise ValueError(f"alibi: n_heads must be positive, got {n_heads}")
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads)), persistent=False)
+
+    def score_bias(self, q_pos: Tensor, k_pos: Tensor, *, causal: bool) -> Tensor:
+        """q_pos: [Tq], k_pos: [Tk] -> [1, H, Tq, Tk].
+
+        ``-slope * (q - k)`` when causal (keys after the query are masked anyway), ``-slope * |q - k|`` otherwise.
+        """
+        distance = q_pos[:, None] - k_pos[None, :]  # [Tq, Tk]
+        if not causal:
+            distance = distance.abs()
+        return -(self.slopes[:, None, None] * distance)[None]
+
+
+def t5_relative_bucket(
+    relative_position: Tensor, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
+    """T5's bucket of each relative position ``key - query`` (as Hugging Face's ``_relative_position_bucket``).
+
+    Small distances get a bucket each; larger ones share logarithmically wider buckets up to ``max_distance``,
+    beyond which all fall in the last bucket. Bidirectional bucketing spends half of the buckets on keys after
+    the query; causal bucketing treats keys after the query as distance 0.
+
+    Args:
+        relative_position: integer tensor of ``key_position - query_position``, any shape.
+        bidirectional: whether keys after the query get buckets of their own.
+        num_buckets: the number of buckets.
+        max_distance: the distance from which on all positions share the last bucket.
+
+    Returns:
+        Integer bucket indices in ``[0, num_buckets)``, shaped like ``relative_position``.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # log(0) = -inf for distance 0 is harmless: torch.where picks the exact bucket there.
+    log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+@register("position", "t5_bias")
+class T5RelativeBias(Position):
+    """T5's learned relative position bias: one scalar per (bucket of ``key - query``, head), added to the scores.
+
+    Args:
+        n_heads: number of query heads.
+        num_buckets: number of relative-position buckets.
+        max_distance: the distance from which on all positions share the last bucket.
+    """
+
+    def __init__(self, *, n_heads: int, num_buckets: int = 32, max_distance: int = 128) -> None:
+        super().__init__()
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.relative_attention_bias = nn.Embedding(num_buckets, n_heads)  # named as in HF T5
+
+    def score_bias(self, q_pos: Tensor, k_pos: Tensor, *, causal: bool) -> Tensor:
+        """q_pos: [Tq], k_pos: [Tk] -> [1, H, Tq, Tk]."""
+        relative_position = k_pos[None, :] - q_pos[:, None]  # memory minus query, [Tq, Tk]
+        bucket = t5_relative_bucket(
+            relative_position, bidirectional=not causal, num_buckets=self.num_buckets, max_distance=self.max_distance
+        )
+        return self.relative_attention_bias(bucket).permute(2, 0, 1)[None]  # [Tq, Tk, H] -> [1, H, Tq, Tk]
