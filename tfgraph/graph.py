@@ -215,7 +215,7 @@ def _topological_order(
         if state.get(name) == 2 or name in inputs:
             return True
         if state.get(name) == 1:
-            cycle = trail[trail.index(name) :] + [name]
+            cycle = (trail[trail.index(name) :] + [name])[::-1]  # in the direction values flow
             problems.add(f"{path}.{name}", f"cycle: {' -> '.join(cycle)}")
             return False
         state[name] = 1

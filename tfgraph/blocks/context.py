@@ -35,7 +35,7 @@ class AttentionContext:
 
 
 class Position(nn.Module):
-    """Base of position blocks; this one encodes no position (registered as ``none``).
+    """Base of position blocks; on its own it encodes no position (``none`` registers a subclass).
 
     A subclass overrides whichever of the three hooks its scheme uses.
     """

@@ -1,0 +1,530 @@
+"""What ``tfgraph-show`` prints: a model as a tree with parameters and FLOPs per node, or as a Graphviz picture.
+
+The model is built on the ``meta`` device, so a full-size config costs no memory. FLOPs are counted by
+:class:`torch.utils.flop_counter.FlopCounterMode` over one forward pass of a ``[1, T]`` batch, per module,
+and divided by ``T``. The counter counts matrix multiplications (linear layers, the head and, with SDPA held
+to its math backend, the attention scores and the weighted sum over the full ``T x T`` matrix); elementwise
+work (norms, activations, residual adds, softmax) is not counted.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import graphviz
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from tfgraph.graph import GraphSpec, LayerGraph
+from tfgraph.models import Stack, Transformer, build_model
+from tfgraph.registry import ConfigError, load_plugins, suggest
+
+FORMATS = ("text", "dot", "svg", "png")
+MAX_LEN_COUNTED = 1024  # default sequence length of the FLOP count: min(model.max_len, this)
+CPU_FALLBACK_PARAMS = 50_000_000  # a model this small may be run for real when the meta device cannot count it
+FLOPS_NOTE = (
+    "FLOPs: matrix multiplications counted by torch.utils.flop_counter (linear layers, head, attention scores "
+    "and weighted values over the full T x T matrix, no causal saving); elementwise ops are not counted"
+)
+KIND_COLORS = {
+    "attention": "#cfe2f3",
+    "ffn": "#fce5cd",
+    "norm": "#d9ead3",
+    "op": "#f3f3f3",
+    "position": "#ead1dc",
+    "embedding": "#fff2cc",
+    "head": "#fff2cc",
+}
+
+
+class GraphvizMissing(RuntimeError):
+    """The Graphviz ``dot`` program, needed to render svg or png, is not installed."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(
+            f"cannot render format={fmt}: the Graphviz `dot` program is not installed (or not on PATH).\n"
+            "Install Graphviz with one of:\n"
+            "  apt-get install graphviz    (Debian, Ubuntu)\n"
+            "  brew install graphviz       (macOS)\n"
+            "  conda install graphviz      (conda)\n"
+            "format=dot writes the DOT source without it."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ entry
+
+
+def show(cfg: DictConfig, *, name: str | None = None) -> str:
+    """Describe the model of a composed ``show`` config.
+
+    Args:
+        cfg: the composed ``show`` config (``model``, ``format``, ``out``, ``seq_len``, ``plugins``).
+        name: the model's name for titles and the default output file (the ``model=`` choice).
+
+    Returns:
+        For ``format=text``, the tree and its summary (with the line ``params: N``); for the picture formats,
+        a line saying where the file was written.
+
+    Raises:
+        tfgraph.ConfigError: for any config mistake.
+        GraphvizMissing: when ``format`` is svg or png and Graphviz is not installed.
+    """
+    fmt, out, seq_len = _options(cfg)
+    load_plugins(cfg.get("plugins"), "plugins")
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    if seq_len is None:
+        seq_len = min(model.spec.sizes["max_len"], MAX_LEN_COUNTED)
+    flops = count_flops(model, cfg.model, seq_len)
+    if fmt == "text":
+        return render_text(model, flops, name)
+    graph = to_graphviz(model, flops, name)
+    path = Path(out if out is not None else f"{name or model.topology}.{fmt}")
+    if fmt == "dot":
+        path.write_text(graph.source)
+    else:
+        path.write_bytes(render(graph, fmt))
+    return f"wrote {path}"
+
+
+def _options(cfg: DictConfig) -> tuple[str, str | None, int | None]:
+    problems = []
+    fmt = cfg.get("format", "text")
+    if fmt not in FORMATS:
+        problems.append(("format", f"expected one of {', '.join(FORMATS)}, got {fmt!r}{suggest(str(fmt), FORMATS)}"))
+    out = cfg.get("out")
+    if out is not None and not isinstance(out, str):
+        problems.append(("out", f"expected a file path, got {out!r}"))
+    seq_len = cfg.get("seq_len")
+    max_len = cfg.model.get("max_len") if isinstance(cfg.get("model"), DictConfig) else None
+    if seq_len is not None:
+        if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+            problems.append(("seq_len", f"expected a positive integer or null, got {seq_len!r}"))
+        elif isinstance(max_len, int) and seq_len > max_len:
+            problems.append(("seq_len", f"{seq_len} is longer than model.max_len ({max_len})"))
+    if problems:
+        raise ConfigError(problems)
+    return fmt, out, seq_len
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+
+
+@dataclass
+class FlopCount:
+    """Forward FLOPs per module over one ``[1, seq_len]`` batch, keyed by module name (``""``: the model).
+
+    ``counts`` is empty and ``unavailable`` says why when the model could not be counted.
+    """
+
+    seq_len: int
+    counts: dict[str, int] = field(default_factory=dict)
+    device: str = "meta"
+    unavailable: str | None = None
+
+    def per_token(self, module_name: str) -> float | None:
+        """FLOPs per token of one module (``None`` when nothing was counted)."""
+        if self.unavailable is not None:
+            return None
+        return self.counts.get(module_name, 0) / self.seq_len
+
+
+def count_flops(model: Transformer, model_cfg: Any, seq_len: int) -> FlopCount:
+    """Count forward FLOPs per module on the ``meta`` device, or on a real CPU run where meta cannot.
+
+    Meta tensors carry no values, so a block whose work depends on them (mixture-of-experts routing) computes
+    nothing there. A layer submodule with parameters that never ran reveals it; the count is then repeated on a
+    freshly built CPU model with random tokens when the model has fewer than :data:`CPU_FALLBACK_PARAMS`
+    parameters, and reported unavailable otherwise.
+    """
+    try:
+        counts, idle = _count(model, seq_len)
+    except Exception as err:
+        reason = f"the forward pass failed on the meta device ({type(err).__name__}: {err})"
+    else:
+        if not idle:
+            return FlopCount(seq_len, counts)
+        shown = ", ".join(idle[:3]) + (", ..." if len(idle) > 3 else "")
+        reason = f"{shown} computed nothing on the meta device (data-dependent routing needs real values)"
+    n_params = model.num_parameters()
+    if n_params >= CPU_FALLBACK_PARAMS:
+        return FlopCount(
+            seq_len,
+            unavailable=f"{reason}; a CPU run is skipped for {n_params:,} parameters "
+            f"(limit {CPU_FALLBACK_PARAMS:,})",
+        )
+    real = build_model(model_cfg, device="cpu")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        counts, _ = _count(real, seq_len)
+    return FlopCount(seq_len, counts, device="cpu (random tokens)")
+
+
+def _count(model: Transformer, seq_len: int) -> tuple[dict[str, int], list[str]]:
+    """FLOPs per module name, and the layer submodules with parameters that were never called."""
+    watched = {
+        name: module
+        for name, module in model.named_modules()
+        if ".layers." in f".{name}" and next(module.parameters(recurse=False), None) is not None
+    }
+    called: set[str] = set()
+    hooks = [
+        module.register_forward_pre_hook(lambda _module, _args, name=name: called.add(name))
+        for name, module in watched.items()
+    ]
+    device = next(model.parameters()).device
+    ids = torch.randint(model.spec.sizes["vocab_size"], (1, seq_len)).to(device)
+    decoder_ids = {"decoder_input_ids": ids} if model.topology == "encoder_decoder" else {}
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    try:
+        # the math backend decomposes attention into matmuls the counter sees (CPU's fused kernel is not counted)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+            model(ids, **decoder_ids)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    root = type(model).__name__
+    counts = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            key = ""
+        elif key == root or key.startswith(root + "."):
+            key = key[len(root) + 1 :]
+        counts[key] = sum(ops.values())
+    return counts, [name for name in watched if name not in called]
+
+
+# ------------------------------------------------------------------------------------------------ the tree
+
+
+@dataclass
+class Item:
+    """One row of the tree: a label, the parameters it adds and its FLOPs per token."""
+
+    label: str
+    params: int | None = None
+    flops: float | None = None
+    children: list[Item] = field(default_factory=list)
+
+
+class _Owned:
+    """Counts each parameter tensor once, in the order the tree shows the modules (tied weights once)."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def __call__(self, module: nn.Module | None) -> int:
+        if module is None:
+            return 0
+        total = 0
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in self.seen:
+                self.seen.add(id(p))
+                total += p.numel()
+        return total
+
+
+def _block(module: nn.Module) -> str:
+    """``registered name (kind)`` of a block, its class name when it is not a registered block."""
+    cls = type(module)
+    name = getattr(cls, "block_name", None)
+    return f"{name} ({cls.block_kind})" if name else cls.__name__
+
+
+def _tied(model: Transformer) -> bool:
+    head_w = getattr(model.head, "weight", None)
+    return head_w is not None and head_w is getattr(model.embedding, "weight", None)
+
+
+def _stacks(model: Transformer) -> list[tuple[str, Stack]]:
+    return [(name, getattr(model, name)) for name in ("encoder", "decoder") if isinstance(getattr(model, name, None), Stack)]
+
+
+def _runs(layers: Sequence[LayerGraph]) -> list[tuple[int, int]]:
+    """Consecutive layers sharing one GraphSpec: ``(first, last)`` index pairs."""
+    runs: list[tuple[int, int]] = []
+    for i, layer in enumerate(layers):
+        if runs and layers[runs[-1][0]].spec is layer.spec:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def _layers_label(indices: Sequence[int]) -> str:
+    """``layer 3``, ``layers 0-11 (x12)``, ``layers 0-3, 8, 10 (x6)``."""
+    if len(indices) == 1:
+        return f"layer {indices[0]}"
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    text = ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
+    return f"layers {text} (x{len(indices)})"
+
+
+def _node_items(layer: LayerGraph, prefix: str, owned: _Owned, flops: FlopCount) -> list[Item]:
+    items = []
+    for node in layer.spec.nodes:
+        block = getattr(layer, node.name)
+        marker = "  [output]" if node.name == layer.spec.output else ""
+        items.append(
+            Item(
+                f"{node.name}: {_block(block)} <- {', '.join(node.inputs)}{marker}",
+                owned(block),
+                flops.per_token(f"{prefix}.{node.name}"),
+            )
+        )
+    return items
+
+
+def _stack_item(name: str, stack: Stack, owned: _Owned, flops: FlopCount) -> Item:
+    n = len(stack.layers)
+    cross = "memory" in stack.layers[0].spec.inputs if n else False
+    what = ("causal" if stack.causal else "bidirectional") + (", cross-attends to the encoder" if cross else "")
+    params = sum(p.numel() for p in stack.parameters() if p.requires_grad)
+    item = Item(f"{name}: {n} layer{'s' * (n != 1)}, {what}", params, flops.per_token(name))
+    item.children.append(Item(f"position: {_block(stack.position)}", owned(stack.position), flops.per_token(f"{name}.position")))
+    if stack.embed_norm is not None:
+        item.children.append(Item(f"embed_norm: {_block(stack.embed_norm)}", owned(stack.embed_norm), flops.per_token(f"{name}.embed_norm")))
+    drawn: dict[GraphSpec, int] = {}
+    for first, last in _runs(stack.layers):
+        layer = stack.layers[first]
+        prefix = f"{name}.layers.{first}"
+        label = _layers_label(range(first, last + 1))
+        nodes = _node_items(layer, prefix, owned, flops)
+        for other in stack.layers[first + 1 : last + 1]:
+            owned(other)  # the same parameters again, per layer
+        row = Item(
+            f"{label}{', each' if last > first else ''}", sum(node.params for node in nodes), flops.per_token(prefix)
+        )
+        if layer.spec in drawn:
+            row.label += f": the graph of layer {drawn[layer.spec]}"
+        else:
+            drawn[layer.spec] = first
+            row.children = nodes
+        item.children.append(row)
+    if stack.final_norm is not None:
+        item.children.append(Item(f"final_norm: {_block(stack.final_norm)}", owned(stack.final_norm), flops.per_token(f"{name}.final_norm")))
+    return item
+
+
+def model_tree(model: Transformer, flops: FlopCount, name: str | None = None) -> Item:
+    """The model as a tree of :class:`Item` rows; each parameter tensor is counted at its first row."""
+    owned = _Owned()
+    root = Item(f"{name or 'model'}: {model.topology}", model.num_parameters(), flops.per_token(""))
+    stacks = _stacks(model)
+    shared = f", shared by {' and '.join(n for n, _ in stacks)}" if len(stacks) > 1 else ""
+    root.children.append(Item(f"embedding: {_block(model.embedding)}{shared}", owned(model.embedding), flops.per_token("embedding")))
+    if model.token_type is not None:
+        root.children.append(Item(f"token_type: {_block(model.token_type)}", owned(model.token_type), flops.per_token("token_type")))
+    for stack_name, stack in stacks:
+        root.children.append(_stack_item(stack_name, stack, owned, flops))
+    if model.head is not None:
+        tied = ", tied to embedding" if _tied(model) else ""
+        root.children.append(Item(f"head: {_block(model.head)}{tied}", owned(model.head), flops.per_token("head")))
+    return root
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value == 0:
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _lines(item: Item, lead: str = "", branch: str = "") -> Iterator[tuple[str, Item]]:
+    yield lead + branch + item.label, item
+    below = lead + ("" if not branch else ("    " if branch.startswith("└") else "│   "))
+    for i, child in enumerate(item.children):
+        yield from _lines(child, below, "└── " if i == len(item.children) - 1 else "├── ")
+
+
+def render_text(model: Transformer, flops: FlopCount, name: str | None = None) -> str:
+    """The tree with aligned params and FLOPs/token columns, then the summary (``params: N`` among it)."""
+    rows = list(_lines(model_tree(model, flops, name)))
+    width = max(len(text) for text, _ in rows) + 2
+    columns = [("params", lambda item: _num(item.params))]
+    if flops.unavailable is None:
+        columns.append(("FLOPs/token", lambda item: _num(item.flops)))
+    widths = [max(len(title), *(len(get(item)) for _, item in rows)) for title, get in columns]
+    head = " " * width + "  ".join(title.rjust(w) for (title, _), w in zip(columns, widths, strict=True))
+    lines = [head.rstrip()]
+    for text, item in rows:
+        cells = "  ".join(get(item).rjust(w) for (_, get), w in zip(columns, widths, strict=True))
+        lines.append((text.ljust(width) + cells).rstrip())
+    sizes = model.spec.sizes
+    kv = f", {sizes['n_kv_heads']} key/value heads" if sizes["n_kv_heads"] != sizes["n_heads"] else ""
+    lines += [
+        "",
+        f"d_model {sizes['d_model']}, {sizes['n_heads']} heads{kv}, d_ff {sizes['d_ff']}, "
+        f"vocab {sizes['vocab_size']:,}, max_len {sizes['max_len']:,}",
+        f"params: {model.num_parameters()}",
+        _flops_line(flops),
+    ]
+    if flops.unavailable is None:
+        lines.append(FLOPS_NOTE)
+    return "\n".join(lines)
+
+
+def _flops_line(flops: FlopCount) -> str:
+    if flops.unavailable is not None:
+        return f"forward FLOPs per token: n/a ({flops.unavailable})"
+    total = flops.per_token("")
+    on = "" if flops.device == "meta" else f", counted on {flops.device}"
+    return f"forward FLOPs per token: {_num(total)} ({total / 1e9:.3g} GFLOPs) at seq_len {flops.seq_len}{on}"
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+
+
+def _label(*lines: str) -> str:
+    return "\\n".join(line for line in lines if line)
+
+
+def _stats(params: int | None, flops: float | None) -> str:
+    parts = []
+    if params:
+        parts.append(f"{params:,} params")
+    if flops:
+        parts.append(f"{_num(flops)} FLOPs/tok")
+    return " · ".join(parts)
+
+
+def _style(module: nn.Module) -> dict[str, str]:
+    kind = getattr(type(module), "block_kind", "op")
+    style = {"fillcolor": KIND_COLORS.get(kind, "#ffffff")}
+    if kind == "op":
+        style.update(shape="ellipse", fontsize="9")
+    return style
+
+
+def to_graphviz(model: Transformer, flops: FlopCount, name: str | None = None) -> graphviz.Digraph:
+    """The model as a Graphviz digraph.
+
+    Embedding -> each stack as a cluster (position, then one sub-cluster per distinct layer graph, labelled with
+    the layers that use it and showing its nodes and their inputs, then the final norm) -> head. An
+    encoder-decoder's encoder output feeds the ``memory`` input of the decoder's layer graphs.
+    """
+    title = f"{name or 'model'}: {model.topology}, {model.num_parameters():,} params"
+    if flops.unavailable is None:
+        title += f", {_num(flops.per_token(''))} FLOPs/token at seq_len {flops.seq_len}"
+    graph = graphviz.Digraph(
+        name or "model",
+        graph_attr={"label": title, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14"},
+        node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica", "fontsize": "10"},
+        edge_attr={"fontname": "Helvetica", "fontsize": "9"},
+    )
+    drawing = _Drawing(graph, flops)
+    embedding = drawing.module(graph, "embedding", model.embedding)
+    if model.token_type is not None:
+        graph.edge(drawing.module(graph, "token_type", model.token_type), embedding, label="added")
+    last, memory = embedding, None
+    for stack_name, stack in _stacks(model):
+        last = drawing.stack(stack_name, stack, embedding, memory)
+        memory = last
+    if model.head is not None:
+        head = drawing.module(graph, "head", model.head)
+        graph.edge(last, head)
+        if _tied(model):
+            graph.edge(head, embedding, label="tied weight", style="dashed", dir="none", constraint="false")
+    return graph
+
+
+class _Drawing:
+    """Adds the model's modules to a digraph, with their block names, parameters and FLOPs per token."""
+
+    def __init__(self, graph: graphviz.Digraph, flops: FlopCount) -> None:
+        self.graph = graph
+        self.flops = flops
+        self.owned = _Owned()  # a tied head adds no parameters of its own
+
+    def module(self, where: graphviz.Digraph, module_name: str, module: nn.Module) -> str:
+        """One node for a top-level module; its id is its module name with dots as underscores."""
+        node_id = module_name.replace(".", "_")
+        stats = _stats(self.owned(module), self.flops.per_token(module_name))
+        where.node(node_id, _label(module_name.rsplit(".", 1)[-1], _block(module), stats), **_style(module))
+        return node_id
+
+    def stack(self, stack_name: str, stack: Stack, source: str, memory: str | None) -> str:
+        """A stack's cluster fed by ``source`` (and ``memory``); returns the id of its last node."""
+        uses: dict[GraphSpec, list[int]] = {}
+        for i, layer in enumerate(stack.layers):
+            uses.setdefault(layer.spec, []).append(i)
+        n = len(stack.layers)
+        with self.graph.subgraph(name=f"cluster_{stack_name}") as cluster:
+            what = "causal" if stack.causal else "bidirectional"
+            cluster.attr(label=f"{stack_name}: {n} layer{'s' * (n != 1)}, {what}", style="rounded", color="#888888")
+            last = self.module(cluster, f"{stack_name}.position", stack.position)
+            self.graph.edge(source, last)
+            if stack.embed_norm is not None:
+                norm = self.module(cluster, f"{stack_name}.embed_norm", stack.embed_norm)
+                self.graph.edge(last, norm)
+                last = norm
+            first_input = None
+            for k, (spec, indices) in enumerate(uses.items()):
+                prefix = f"{stack_name}{k}_"
+                self._layer(cluster, f"cluster_{stack_name}{k}", prefix, stack_name, stack.layers, indices)
+                self.graph.edge(last, prefix + "x")
+                if memory is not None and "memory" in spec.inputs:
+                    self.graph.edge(memory, prefix + "memory", label="encoder output", color="#3c78d8")
+                first_input = first_input or prefix + "x"
+                last = prefix + spec.output
+            if n > len(uses):
+                self.graph.edge(last, first_input, label=f"repeat: {n} layers", style="dashed", constraint="false")
+            if stack.final_norm is not None:
+                norm = self.module(cluster, f"{stack_name}.final_norm", stack.final_norm)
+                self.graph.edge(last, norm)
+                last = norm
+        return last
+
+    def _layer(
+        self,
+        parent: graphviz.Digraph,
+        cluster_name: str,
+        prefix: str,
+        stack_name: str,
+        layers: Sequence[LayerGraph],
+        indices: list[int],
+    ) -> None:
+        """One layer graph as a sub-cluster: its inputs, its nodes and an edge from each node's inputs."""
+        layer = layers[indices[0]]
+        module_name = f"{stack_name}.layers.{indices[0]}"
+        for i in indices:
+            self.owned(layers[i])
+        with parent.subgraph(name=cluster_name) as cluster:
+            per_layer = _stats(None, self.flops.per_token(module_name))
+            cluster.attr(label=_label(_layers_label(indices), per_layer and f"{per_layer} per layer"),
+                         style="rounded,dashed", color="#aaaaaa")
+            for layer_input in layer.spec.inputs:
+                cluster.node(prefix + layer_input, layer_input, shape="ellipse", style="filled", fillcolor="#ffffff")
+            for node in layer.spec.nodes:
+                block = getattr(layer, node.name)
+                params = sum(p.numel() for p in block.parameters() if p.requires_grad)
+                stats = _stats(params, self.flops.per_token(f"{module_name}.{node.name}"))
+                cluster.node(prefix + node.name, _label(node.name, _block(block), stats), **_style(block))
+                for source in node.inputs:
+                    cluster.edge(prefix + source, prefix + node.name)
+
+
+def render(graph: graphviz.Digraph, fmt: str) -> bytes:
+    """Render a digraph with Graphviz's ``dot``; :class:`GraphvizMissing` when it is not installed."""
+    if shutil.which("dot") is None:
+        raise GraphvizMissing(fmt)
+    try:
+        return graph.pipe(format=fmt)
+    except graphviz.ExecutableNotFound as err:
+        raise GraphvizMissing(fmt) from err
