@@ -139,7 +139,9 @@ def parse_graph(
             problems.add(f"{path}.{name}", f"node {name!r} is unused: nothing on the way to output {output!r} reads it")
     for layer_input in inputs:
         if layer_input not in used and layer_input != "x":
-            problems.add(path, f"the layer input {layer_input!r} is never read (a decoder layer must cross-attend to it)")
+            problems.add(
+                path, f"the layer input {layer_input!r} is never read (a decoder layer must cross-attend to it)"
+            )
     if len(problems.items) > before:
         return None
     return GraphSpec(inputs=inputs, nodes=tuple(specs[name] for name in order), output=str(output), path=path)
@@ -155,7 +157,9 @@ def _parse_node(
     problems: Problems,
 ) -> NodeSpec | None:
     if not name.isidentifier() or hasattr(nn.Module, name) or name in inputs:
-        problems.add(path, f"node name {name!r} must be a Python identifier, not an nn.Module attribute nor a layer input")
+        problems.add(
+            path, f"node name {name!r} must be a Python identifier, not an nn.Module attribute nor a layer input"
+        )
         return None
     if not isinstance(node, Mapping):
         problems.add(path, f"expected a node config like {{slot: norm, in: x}}, got {node!r}")
@@ -190,7 +194,9 @@ def _parse_node(
     else:
         kind = node.get("kind", "op")
         if kind not in KINDS:
-            problems.add(f"{path}.kind", f"unknown block kind {kind!r}{suggest(kind, KINDS)}; kinds are {', '.join(KINDS)}")
+            problems.add(
+                f"{path}.kind", f"unknown block kind {kind!r}{suggest(kind, KINDS)}; kinds are {', '.join(KINDS)}"
+            )
             return None
         cls = lookup(kind, node["block"], f"{path}.block", problems)
         if cls is None:
@@ -200,7 +206,9 @@ def _parse_node(
     low, high = block_arity(cls)
     if len(sources) < low or (high is not None and len(sources) > high):
         want = f"{low}" if low == high else (f"at least {low}" if high is None else f"{low} to {high}")
-        problems.add(f"{path}.in", f"{cls.__name__} takes {want} input(s), the node gives {len(sources)}: {list(sources)}")
+        problems.add(
+            f"{path}.in", f"{cls.__name__} takes {want} input(s), the node gives {len(sources)}: {list(sources)}"
+        )
     source = parts[slot].path if slot is not None else path
     return NodeSpec(name=name, cls=cls, kwargs=kwargs, inputs=sources, path=path, source=source)
 

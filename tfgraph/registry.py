@@ -136,13 +136,16 @@ def bind(
         key_paths: the config path of particular keys, where ``given`` was merged from several places.
 
     Returns:
-        The keyword arguments to construct ``cls`` with (possibly incomplete when problems were found).
+        Every keyword argument to construct ``cls`` with, defaults included (possibly incomplete when problems
+        were found).
     """
     params = _parameters(cls)
     hints = _hints(cls)
     key_paths = key_paths or {}
     kwargs: dict[str, Any] = {}
-    where = f"{cls.block_kind} block {cls.block_name!r} ({cls.__name__})" if hasattr(cls, "block_name") else cls.__name__
+    where = (
+        f"{cls.block_kind} block {cls.block_name!r} ({cls.__name__})" if hasattr(cls, "block_name") else cls.__name__
+    )
     for key, value in given.items():
         if key not in params:
             own = sorted(p for p in params if p not in context)
@@ -169,7 +172,9 @@ def bind(
             continue
         if name in context:
             kwargs[name] = context[name]
-        elif param.default is inspect.Parameter.empty:
+        elif param.default is not inspect.Parameter.empty:
+            kwargs[name] = param.default  # explicit, so that every resolved argument can be shown
+        else:
             problems.add(f"{path}.{name}", f"{where} needs a value for {name!r}")
     return kwargs
 
@@ -260,7 +265,12 @@ def load_entry_point_plugins() -> None:
             ep.load()
         except Exception as err:  # a broken plugin must say which one it is
             raise ConfigError(
-                [("", f"plugin entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} failed to import: {err}")]
+                [
+                    (
+                        "",
+                        f"plugin entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} failed to import: {err}",
+                    )
+                ]
             ) from err
 
 

@@ -10,6 +10,7 @@ work (norms, activations, residual adds, softmax) is not counted.
 from __future__ import annotations
 
 import shutil
+import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +23,18 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from tfgraph.graph import GraphSpec, LayerGraph
+from tfgraph.graph import GraphSpec, LayerGraph, NodeSpec
 from tfgraph.models import Stack, Transformer, build_model
 from tfgraph.registry import ConfigError, load_plugins, suggest
+from tfgraph.spec import SIZE_KEYS
 
 FORMATS = ("text", "dot", "svg", "png")
 MAX_LEN_COUNTED = 1024  # default sequence length of the FLOP count: min(model.max_len, this)
 CPU_FALLBACK_PARAMS = 50_000_000  # a model this small may be run for real when the meta device cannot count it
 FLOPS_NOTE = (
     "FLOPs: matrix multiplications counted by torch.utils.flop_counter (linear layers, head, attention scores "
-    "and weighted values over the full T x T matrix, no causal saving); elementwise ops are not counted"
+    "and weighted values over the full T x T matrix, nothing saved by causal or sliding-window masks); "
+    "elementwise ops are not counted"
 )
 KIND_COLORS = {
     "attention": "#cfe2f3",
@@ -77,6 +80,8 @@ def show(cfg: DictConfig, *, name: str | None = None) -> str:
         GraphvizMissing: when ``format`` is svg or png and Graphviz is not installed.
     """
     fmt, out, seq_len = _options(cfg)
+    if fmt in ("svg", "png") and shutil.which("dot") is None:
+        raise GraphvizMissing(fmt)  # before the work, not after
     load_plugins(cfg.get("plugins"), "plugins")
     with torch.device("meta"):
         model = build_model(cfg.model)
@@ -88,7 +93,7 @@ def show(cfg: DictConfig, *, name: str | None = None) -> str:
     graph = to_graphviz(model, flops, name)
     path = Path(out if out is not None else f"{name or model.topology}.{fmt}")
     if fmt == "dot":
-        path.write_text(graph.source)
+        path.write_text(graph.source, encoding="utf-8")
     else:
         path.write_bytes(render(graph, fmt))
     return f"wrote {path}"
@@ -128,6 +133,7 @@ class FlopCount:
     counts: dict[str, int] = field(default_factory=dict)
     device: str = "meta"
     unavailable: str | None = None
+    why_not_meta: str | None = None  # why a real run was needed
 
     def per_token(self, module_name: str) -> float | None:
         """FLOPs per token of one module (``None`` when nothing was counted)."""
@@ -151,24 +157,23 @@ def count_flops(model: Transformer, model_cfg: Any, seq_len: int) -> FlopCount:
     else:
         if not idle:
             return FlopCount(seq_len, counts)
-        shown = ", ".join(idle[:3]) + (", ..." if len(idle) > 3 else "")
-        reason = f"{shown} computed nothing on the meta device (data-dependent routing needs real values)"
+        shown = ", ".join(idle[:2]) + (f" and {len(idle) - 2} more" if len(idle) > 2 else "")
+        reason = f"parts of {shown} never ran on the meta device (data-dependent routing needs real values)"
     n_params = model.num_parameters()
     if n_params >= CPU_FALLBACK_PARAMS:
         return FlopCount(
             seq_len,
-            unavailable=f"{reason}; a CPU run is skipped for {n_params:,} parameters "
-            f"(limit {CPU_FALLBACK_PARAMS:,})",
+            unavailable=f"{reason}; a CPU run is skipped for {n_params:,} parameters (limit {CPU_FALLBACK_PARAMS:,})",
         )
     real = build_model(model_cfg, device="cpu")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         counts, _ = _count(real, seq_len)
-    return FlopCount(seq_len, counts, device="cpu (random tokens)")
+    return FlopCount(seq_len, counts, device="a CPU run with random tokens", why_not_meta=reason)
 
 
 def _count(model: Transformer, seq_len: int) -> tuple[dict[str, int], list[str]]:
-    """FLOPs per module name, and the layer submodules with parameters that were never called."""
+    """FLOPs per module name, and the layer nodes holding a submodule with parameters that never ran."""
     watched = {
         name: module
         for name, module in model.named_modules()
@@ -201,7 +206,13 @@ def _count(model: Transformer, seq_len: int) -> tuple[dict[str, int], list[str]]
         elif key == root or key.startswith(root + "."):
             key = key[len(root) + 1 :]
         counts[key] = sum(ops.values())
-    return counts, [name for name in watched if name not in called]
+    idle_nodes: dict[str, str] = {}  # the layer nodes (blocks) holding a submodule that never ran
+    for name in watched:
+        if name not in called:
+            parts = name.split(".")
+            node = ".".join(parts[: parts.index("layers") + 3])
+            idle_nodes.setdefault(node, type(model.get_submodule(node)).__name__)
+    return counts, [f"{node} ({cls})" for node, cls in idle_nodes.items()]
 
 
 # ------------------------------------------------------------------------------------------------ the tree
@@ -234,11 +245,23 @@ class _Owned:
         return total
 
 
-def _block(module: nn.Module) -> str:
-    """``registered name (kind)`` of a block, its class name when it is not a registered block."""
+def _block(module: nn.Module, kwargs: dict[str, Any] | None = None) -> str:
+    """``registered name (kind; own arguments)`` of a block, its class name when it is not a registered block.
+
+    Model-level sizes are left out: they are the same for every block and printed once below the tree.
+    """
     cls = type(module)
     name = getattr(cls, "block_name", None)
-    return f"{name} ({cls.block_kind})" if name else cls.__name__
+    if not name:
+        return cls.__name__
+    own = ", ".join(f"{k}={v}" for k, v in (kwargs or {}).items() if k not in SIZE_KEYS)
+    return f"{name} ({cls.block_kind}{'; ' + own if own else ''})"
+
+
+def _kwargs(model: Transformer, part: str) -> dict[str, Any] | None:
+    """The bound arguments of a model-level part (``position``, ``head``, ...), from the model's spec."""
+    block = getattr(getattr(model, "spec", None), part, None)
+    return getattr(block, "kwargs", None)
 
 
 def _tied(model: Transformer) -> bool:
@@ -247,7 +270,9 @@ def _tied(model: Transformer) -> bool:
 
 
 def _stacks(model: Transformer) -> list[tuple[str, Stack]]:
-    return [(name, getattr(model, name)) for name in ("encoder", "decoder") if isinstance(getattr(model, name, None), Stack)]
+    return [
+        (name, getattr(model, name)) for name in ("encoder", "decoder") if isinstance(getattr(model, name, None), Stack)
+    ]
 
 
 def _runs(layers: Sequence[LayerGraph]) -> list[tuple[int, int]]:
@@ -275,67 +300,77 @@ def _layers_label(indices: Sequence[int]) -> str:
     return f"layers {text} (x{len(indices)})"
 
 
-def _node_items(layer: LayerGraph, prefix: str, owned: _Owned, flops: FlopCount) -> list[Item]:
-    items = []
-    for node in layer.spec.nodes:
-        block = getattr(layer, node.name)
-        marker = "  [output]" if node.name == layer.spec.output else ""
-        items.append(
-            Item(
-                f"{node.name}: {_block(block)} <- {', '.join(node.inputs)}{marker}",
-                owned(block),
-                flops.per_token(f"{prefix}.{node.name}"),
+class _TreeBuilder:
+    """Builds the :class:`Item` rows; each parameter tensor is counted at the first row that shows it."""
+
+    def __init__(self, flops: FlopCount) -> None:
+        self.flops = flops
+        self.owned = _Owned()
+
+    def module(self, label: str, module: nn.Module, module_name: str, kwargs: dict[str, Any] | None = None) -> Item:
+        return Item(f"{label}: {_block(module, kwargs)}", self.owned(module), self.flops.per_token(module_name))
+
+    def model(self, model: Transformer, name: str | None) -> Item:
+        root = Item(f"{name or 'model'}: {model.topology}", model.num_parameters(), self.flops.per_token(""))
+        stacks = _stacks(model)
+        embedding = self.module("embedding", model.embedding, "embedding", _kwargs(model, "embedding"))
+        if len(stacks) > 1:
+            embedding.label += f", shared by {' and '.join(n for n, _ in stacks)}"
+        root.children.append(embedding)
+        if model.token_type is not None:
+            root.children.append(
+                self.module("token_type", model.token_type, "token_type", _kwargs(model, "token_type"))
             )
-        )
-    return items
+        root.children += [self.stack(model, stack_name, stack) for stack_name, stack in stacks]
+        if model.head is not None:
+            head = self.module("head", model.head, "head", _kwargs(model, "head"))
+            if _tied(model):
+                head.label += ", tied to embedding"
+            root.children.append(head)
+        return root
 
+    def stack(self, model: Transformer, name: str, stack: Stack) -> Item:
+        n = len(stack.layers)
+        what = "causal" if stack.causal else "bidirectional"
+        if n and "memory" in stack.layers[0].spec.inputs:
+            what += ", cross-attends to the encoder"
+        params = sum(p.numel() for p in stack.parameters() if p.requires_grad)
+        item = Item(f"{name}: {n} layer{'s' * (n != 1)}, {what}", params, self.flops.per_token(name))
+        item.children.append(self.module("position", stack.position, f"{name}.position", _kwargs(model, "position")))
+        if stack.embed_norm is not None:
+            item.children.append(
+                self.module("embed_norm", stack.embed_norm, f"{name}.embed_norm", _kwargs(model, "embed_norm"))
+            )
+        shown: dict[GraphSpec, int] = {}  # each graph's nodes are listed once, under its first run
+        for first, last in _runs(stack.layers):
+            layer = stack.layers[first]
+            prefix = f"{name}.layers.{first}"
+            nodes = [self.node(layer, node, prefix) for node in layer.spec.nodes]
+            for other in stack.layers[first + 1 : last + 1]:
+                self.owned(other)  # the same parameter counts again, per layer
+            label = _layers_label(range(first, last + 1)) + (", each" if last > first else "")
+            row = Item(label, sum(node.params for node in nodes), self.flops.per_token(prefix))
+            if layer.spec in shown:
+                row.label += f": the graph of layer {shown[layer.spec]}"
+            else:
+                shown[layer.spec] = first
+                row.children = nodes
+            item.children.append(row)
+        if stack.final_norm is not None:
+            item.children.append(
+                self.module("final_norm", stack.final_norm, f"{name}.final_norm", _kwargs(model, "final_norm"))
+            )
+        return item
 
-def _stack_item(name: str, stack: Stack, owned: _Owned, flops: FlopCount) -> Item:
-    n = len(stack.layers)
-    cross = "memory" in stack.layers[0].spec.inputs if n else False
-    what = ("causal" if stack.causal else "bidirectional") + (", cross-attends to the encoder" if cross else "")
-    params = sum(p.numel() for p in stack.parameters() if p.requires_grad)
-    item = Item(f"{name}: {n} layer{'s' * (n != 1)}, {what}", params, flops.per_token(name))
-    item.children.append(Item(f"position: {_block(stack.position)}", owned(stack.position), flops.per_token(f"{name}.position")))
-    if stack.embed_norm is not None:
-        item.children.append(Item(f"embed_norm: {_block(stack.embed_norm)}", owned(stack.embed_norm), flops.per_token(f"{name}.embed_norm")))
-    drawn: dict[GraphSpec, int] = {}
-    for first, last in _runs(stack.layers):
-        layer = stack.layers[first]
-        prefix = f"{name}.layers.{first}"
-        label = _layers_label(range(first, last + 1))
-        nodes = _node_items(layer, prefix, owned, flops)
-        for other in stack.layers[first + 1 : last + 1]:
-            owned(other)  # the same parameters again, per layer
-        row = Item(
-            f"{label}{', each' if last > first else ''}", sum(node.params for node in nodes), flops.per_token(prefix)
-        )
-        if layer.spec in drawn:
-            row.label += f": the graph of layer {drawn[layer.spec]}"
-        else:
-            drawn[layer.spec] = first
-            row.children = nodes
-        item.children.append(row)
-    if stack.final_norm is not None:
-        item.children.append(Item(f"final_norm: {_block(stack.final_norm)}", owned(stack.final_norm), flops.per_token(f"{name}.final_norm")))
-    return item
+    def node(self, layer: LayerGraph, node: NodeSpec, prefix: str) -> Item:
+        item = self.module(node.name, getattr(layer, node.name), f"{prefix}.{node.name}", node.kwargs)
+        item.label += f" <- {', '.join(node.inputs)}" + ("  [output]" if node.name == layer.spec.output else "")
+        return item
 
 
 def model_tree(model: Transformer, flops: FlopCount, name: str | None = None) -> Item:
     """The model as a tree of :class:`Item` rows; each parameter tensor is counted at its first row."""
-    owned = _Owned()
-    root = Item(f"{name or 'model'}: {model.topology}", model.num_parameters(), flops.per_token(""))
-    stacks = _stacks(model)
-    shared = f", shared by {' and '.join(n for n, _ in stacks)}" if len(stacks) > 1 else ""
-    root.children.append(Item(f"embedding: {_block(model.embedding)}{shared}", owned(model.embedding), flops.per_token("embedding")))
-    if model.token_type is not None:
-        root.children.append(Item(f"token_type: {_block(model.token_type)}", owned(model.token_type), flops.per_token("token_type")))
-    for stack_name, stack in stacks:
-        root.children.append(_stack_item(stack_name, stack, owned, flops))
-    if model.head is not None:
-        tied = ", tied to embedding" if _tied(model) else ""
-        root.children.append(Item(f"head: {_block(model.head)}{tied}", owned(model.head), flops.per_token("head")))
-    return root
+    return _TreeBuilder(flops).model(model, name)
 
 
 def _num(value: float | None) -> str:
@@ -376,7 +411,7 @@ def render_text(model: Transformer, flops: FlopCount, name: str | None = None) -
         _flops_line(flops),
     ]
     if flops.unavailable is None:
-        lines.append(FLOPS_NOTE)
+        lines += textwrap.wrap(FLOPS_NOTE, width=110)
     return "\n".join(lines)
 
 
@@ -384,8 +419,18 @@ def _flops_line(flops: FlopCount) -> str:
     if flops.unavailable is not None:
         return f"forward FLOPs per token: n/a ({flops.unavailable})"
     total = flops.per_token("")
-    on = "" if flops.device == "meta" else f", counted on {flops.device}"
-    return f"forward FLOPs per token: {_num(total)} ({total / 1e9:.3g} GFLOPs) at seq_len {flops.seq_len}{on}"
+    line = f"forward FLOPs per token: {_num(total)} ({_si(total)}FLOPs) at seq_len {flops.seq_len}"
+    if flops.why_not_meta is not None:
+        line += f", counted on {flops.device} because {flops.why_not_meta}"
+    return line
+
+
+def _si(value: float) -> str:
+    """``2.61 G``, ``393 K``: three significant digits and a unit prefix."""
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}"
+    return f"{value:.3g} "
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -503,12 +548,13 @@ class _Drawing:
         """One layer graph as a sub-cluster: its inputs, its nodes and an edge from each node's inputs."""
         layer = layers[indices[0]]
         module_name = f"{stack_name}.layers.{indices[0]}"
-        for i in indices:
-            self.owned(layers[i])
         with parent.subgraph(name=cluster_name) as cluster:
             per_layer = _stats(None, self.flops.per_token(module_name))
-            cluster.attr(label=_label(_layers_label(indices), per_layer and f"{per_layer} per layer"),
-                         style="rounded,dashed", color="#aaaaaa")
+            cluster.attr(
+                label=_label(_layers_label(indices), per_layer and f"{per_layer} per layer"),
+                style="rounded,dashed",
+                color="#aaaaaa",
+            )
             for layer_input in layer.spec.inputs:
                 cluster.node(prefix + layer_input, layer_input, shape="ellipse", style="filled", fillcolor="#ffffff")
             for node in layer.spec.nodes:

@@ -113,10 +113,15 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
 
     for key in cfg:
         if key not in MODEL_KEYS:
-            problems.add(f"{path}.{key}", f"unknown model key{suggest(key, MODEL_KEYS)}; model keys are {', '.join(MODEL_KEYS)}")
+            problems.add(
+                f"{path}.{key}", f"unknown model key{suggest(key, MODEL_KEYS)}; model keys are {', '.join(MODEL_KEYS)}"
+            )
     topology = cfg.get("topology")
     if topology not in TOPOLOGIES:
-        problems.add(f"{path}.topology", f"expected one of {', '.join(TOPOLOGIES)}, got {topology!r}{suggest(topology, TOPOLOGIES)}")
+        problems.add(
+            f"{path}.topology",
+            f"expected one of {', '.join(TOPOLOGIES)}, got {topology!r}{suggest(topology, TOPOLOGIES)}",
+        )
     sizes = _sizes(cfg, path, problems)
     n_layers = _count(cfg, "n_layers", path, problems)
     n_decoder_layers = cfg.get("n_decoder_layers")
@@ -136,7 +141,9 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
         if part is None:
             return None
         context = {**sizes, **(overrides or {})}
-        return BlockSpec(part.cls, bind(part.cls, part.config, context=context, path=part.path, problems=problems), part.path)
+        return BlockSpec(
+            part.cls, bind(part.cls, part.config, context=context, path=part.path, problems=problems), part.path
+        )
 
     embedding = block("embedding")
     position = block("position")
@@ -159,7 +166,10 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
     else:
         for key in layer:
             if key not in LAYER_KEYS:
-                problems.add(f"{path}.layer.{key}", f"unknown layer key{suggest(key, LAYER_KEYS)}; layer keys are {', '.join(LAYER_KEYS)}")
+                problems.add(
+                    f"{path}.layer.{key}",
+                    f"unknown layer key{suggest(key, LAYER_KEYS)}; layer keys are {', '.join(LAYER_KEYS)}",
+                )
         if _flag(layer, "final_norm", True, f"{path}.layer", problems):
             final_norm = block("norm")
         pattern = _pattern(cfg.get("pattern"), f"{path}.pattern", problems)
@@ -173,7 +183,9 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
             decoder = _stack(graphs["self"](pattern), n_layers, causal=True)
         if topology == "encoder_decoder" and n_decoder_layers:
             if "cross_nodes" not in layer:
-                problems.add(f"{path}.layer.cross_nodes", "an encoder_decoder needs the decoder layer's graph (`cross_nodes`)")
+                problems.add(
+                    f"{path}.layer.cross_nodes", "an encoder_decoder needs the decoder layer's graph (`cross_nodes`)"
+                )
             else:
                 decoder = _stack(graphs["cross"](pattern), n_decoder_layers, causal=True)
 
@@ -271,7 +283,9 @@ def _pattern(value: Any, path: str, problems: Problems) -> list[tuple[Mapping[st
             item = {}
         for key in item:
             if key not in SLOTS:
-                problems.add(f"{path}[{i}].{key}", f"a pattern overrides the parts {', '.join(SLOTS)}{suggest(key, SLOTS)}")
+                problems.add(
+                    f"{path}[{i}].{key}", f"a pattern overrides the parts {', '.join(SLOTS)}{suggest(key, SLOTS)}"
+                )
         items.append(({k: v for k, v in item.items() if k in SLOTS}, f"{path}[{i}]"))
     return items
 

@@ -1,0 +1,42 @@
+"""``tfgraph-show``: print a model as a tree with parameters and FLOPs per node, or draw it with Graphviz.
+
+    tfgraph-show model=gpt2
+    tfgraph-show model=llama_tiny model/ffn=moe model/layer=parallel
+    tfgraph-show model=t5_tiny format=svg out=t5.svg
+
+Exit codes: 0 on success, 1 when Hydra cannot compose the config (an unknown option, say) or Graphviz is
+missing for svg/png, 2 for a :class:`tfgraph.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from tfgraph.config import conf_dir
+from tfgraph.registry import ConfigError
+from tfgraph.show import GraphvizMissing, show
+
+
+def main() -> None:
+    """The console script: compose the ``show`` config from the command line and print what :func:`show` returns."""
+
+    @hydra.main(config_path=str(conf_dir()), config_name="show", version_base="1.3")
+    def run(cfg: DictConfig) -> None:
+        try:
+            print(show(cfg, name=HydraConfig.get().runtime.choices.get("model")))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except GraphvizMissing as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+
+    run()
+
+
+if __name__ == "__main__":
+    main()
