@@ -161,6 +161,7 @@ def test_moe_binds_its_own_options():
         problems=problems,
     )
     assert not problems
-    assert kwargs == {"n_experts": 4, "expert": "mlp", "d_model": 8, "d_ff": 16}
+    defaults = {"top_k": 2, "activation": "silu", "bias": False}
+    assert kwargs == {"n_experts": 4, "expert": "mlp", "d_model": 8, "d_ff": 16, **defaults}
     bind(MixtureOfExperts, {"expert": "dense"}, context={"d_model": 8, "d_ff": 16}, path="model.ffn", problems=problems)
     assert [path for path, _ in problems.items] == ["model.ffn.expert"]

@@ -117,6 +117,7 @@ def test_model_sizes_bind_by_name():
         "rescale": True,
         "d_model": 8,
         "vocab_size": 32,
+        "bias": False,  # defaults are bound explicitly
     }
     assert bind(Scale, {"value": 2}, context=context, path="x", problems=problems) == {"value": 2}
     assert not problems

@@ -102,6 +102,6 @@ def test_reset_parameters():
 def test_model_size_binds_by_name():
     problems = Problems()
     kwargs = bind(LayerNorm, {"bias": False}, context={"d_model": 8}, path="model.norm", problems=problems)
-    assert not problems and kwargs == {"bias": False, "d_model": 8}
+    assert not problems and kwargs == {"bias": False, "d_model": 8, "eps": 1e-5}
     bind(RMSNorm, {"eps": "small", "bais": 1}, context={"d_model": 8}, path="model.norm", problems=problems)
     assert [path for path, _ in problems.items] == ["model.norm.eps", "model.norm.bais"]

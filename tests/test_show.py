@@ -63,7 +63,7 @@ def test_full_size_gpt2_is_shown_from_the_meta_device() -> None:
     assert _params_line(text) == 124_439_808
     assert text.splitlines()[1].startswith("gpt2: decoder_only")
     assert "layers 0-11 (x12), each" in text
-    assert "head: lm_head (head), tied to embedding" in text
+    assert "head: lm_head (head; bias=False, rescale=False), tied to embedding" in text
     assert "at seq_len 1024" in text
 
 
@@ -88,7 +88,7 @@ def test_seq_len_changes_only_the_attention_flops() -> None:
 def test_mixture_of_experts_is_counted_on_a_real_cpu_run_when_small() -> None:
     text = _show("model=llama_tiny", "model/ffn=moe")
     assert "counted on a CPU run" in text and "MixtureOfExperts" in text
-    (row,) = [line for line in text.splitlines() if "ffn: moe (ffn)" in line]
+    (row,) = [line for line in text.splitlines() if "ffn: moe (ffn;" in line]
     d, d_ff, experts, top_k = 64, 128, 8, 2
     assert row.split()[-1] == f"{d * experts * 2 + top_k * 3 * 2 * d * d_ff:,}"  # router + top_k gated experts
 
