@@ -70,11 +70,11 @@ def block_arity(cls: type) -> tuple[int, int | None]:
     """How many tensor inputs a block's ``forward`` takes: ``(min, max)``, ``max`` None for ``*inputs``."""
     params = [p for name, p in inspect.signature(cls.forward).parameters.items() if name != "self"]
     if "context" in getattr(cls, "needs", ()):
-        params = params[:-1]
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return max(1, sum(p.default is inspect.Parameter.empty for p in params if p.kind is not p.VAR_POSITIONAL)), None
-    required = sum(p.default is inspect.Parameter.empty for p in params)
-    return required, len(params)
+        params = params[:-1]  # the attention context, passed by the graph
+    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    fixed = [p for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    required = sum(p.default is inspect.Parameter.empty for p in fixed)
+    return (max(1, required), None) if variadic else (required, len(fixed))
 
 
 def parse_graph(
