@@ -1,0 +1,563 @@
+"""LightningDataModules over the user's files, the installed corpora and the synthetic tasks.
+
+Each is built from ``conf/data/<name>.yaml`` (``hydra.utils.instantiate(cfg.data)``). After ``setup()`` it has
+``.tokenizer`` (trained on the training split, or reused from ``tokenizer_json`` / ``tokenizer_path``),
+``.label_names``, ``.fits`` (the tasks it can feed) and ``.name``.
+
+Splits come from files (``train_path``, ``val_path``, ``test_path``) or are held out of one file (``path``) with
+``val_fraction`` and ``test_fraction``; ``seed`` fixes what is held out and the synthetic data. It is the
+data's own seed, apart from the training seed, so a sweep over training seeds evaluates on one test set.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tfgraph.data import readers, sources
+from tfgraph.data.errors import DataError, check_choice
+from tfgraph.data.examples import (
+    EpochShuffle,
+    Examples,
+    LabeledExamples,
+    PairExamples,
+    TaggedExamples,
+    TextExamples,
+    hold_out,
+)
+from tfgraph.data.synthetic import TASKS as SYNTHETIC_TASKS
+from tfgraph.data.synthetic import synthetic_splits
+from tfgraph.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+
+SPLITS = ("train", "val", "test")
+
+
+def _plain(value: Any) -> Any:
+    """A config node (OmegaConf or not) as plain dicts and lists."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        pass
+    return value
+
+
+def call_source(function: Callable[..., Any], options: Mapping[str, Any] | None, source: str, **fixed: Any) -> Any:
+    """``function(**fixed, **options)``, with an error naming the source and its options for an unknown one."""
+    options = dict(_plain(options) or {})
+    allowed = [name for name in inspect.signature(function).parameters if name not in fixed]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        have = ", ".join(allowed) or "none"
+        raise DataError(f"source {source!r}: unknown source_options {', '.join(unknown)}; its options: {have}")
+    return function(**fixed, **options)
+
+
+class ExamplesDataModule(pl.LightningDataModule):
+    """What every tfgraph DataModule shares: splits, the tokenizer, datasets and loaders.
+
+    A subclass says which :class:`~tfgraph.data.examples.Examples` it holds and reads its splits
+    (:meth:`read_splits`).
+
+    Args:
+        examples: how the examples are held out, tokenized and batched.
+        default_name: the name when ``name`` is None and no path gives one (the source's name).
+        name: the data's name in logs and run directories (None: the stem of the data file).
+        path: the one file (or folder, or glob) that val and test are held out of.
+        train_path: instead of ``path``, the training split's file; ``val_path`` and ``test_path`` those of
+            the other splits (where one is None, that split is held out of the training file).
+        batch_size: examples (or LM windows) per batch.
+        num_workers: DataLoader worker processes.
+        seed: what is held out, and the synthetic data.
+        val_fraction: the share held out for validation when no ``val_path`` is given.
+        test_fraction: the share held out for test when no ``test_path`` is given.
+        tokenizer: the tokenizer kind trained on the training split: ``byte``, ``char``, ``word``, ``bpe``,
+            ``wordpiece`` or ``unigram``.
+        vocab_size: its vocabulary size, special tokens included (None: the kind's default).
+        tokenizer_opts: the kind's options (``min_freq``, ``lowercase``, ``max_piece_length``).
+        tokenizer_json: reuse this tokenizer (the JSON string a checkpoint stores) instead of training one.
+        tokenizer_path: reuse the tokenizer saved at this path (a run's ``tokenizer.json``).
+        label_names: the label ids' names (from a checkpoint, for evaluation); None: every label seen, sorted.
+    """
+
+    def __init__(
+        self,
+        *,
+        examples: Examples,
+        default_name: str,
+        name: str | None = None,
+        path: str | None = None,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        tokenizer: str = "char",
+        vocab_size: int | None = None,
+        tokenizer_opts: Mapping[str, Any] | None = None,
+        tokenizer_json: str | None = None,
+        tokenizer_path: str | None = None,
+        label_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+            raise DataError(f"need 0 <= val_fraction, test_fraction and a sum < 1; got {val_fraction}, {test_fraction}")
+        if tokenizer_json is not None and tokenizer_path is not None:
+            raise DataError("give tokenizer_json or tokenizer_path, not both")
+        self.examples = examples
+        self.name = name or _name(path or train_path, default_name)
+        self.path, self.train_path, self.val_path, self.test_path = path, train_path, val_path, test_path
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.tokenizer_kind = tokenizer
+        self.vocab_size = vocab_size
+        self.tokenizer_opts = dict(_plain(tokenizer_opts) or {})
+        self.tokenizer_json = tokenizer_json
+        self.tokenizer_path = tokenizer_path
+        self.given_label_names = None if label_names is None else list(_plain(label_names))
+        self.tokenizer: Tokenizer | None = None
+        self.label_names: list[str] | None = None
+        self.splits: dict[str, list[Any]] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def fits(self) -> tuple[str, ...]:
+        """The tasks this data can feed."""
+        return self.examples.fits
+
+    def read_splits(self) -> dict[str, list[Any]]:
+        """The raw examples of each split (``train``, ``val``, ``test``)."""
+        raise NotImplementedError
+
+    def check_source(self, source: str, source_options: Mapping[str, Any] | None) -> None:
+        """Paths are for ``source: file`` only, ``source_options`` for the other sources only."""
+        paths = {
+            "path": self.path,
+            "train_path": self.train_path,
+            "val_path": self.val_path,
+            "test_path": self.test_path,
+        }
+        given = [key for key, value in paths.items() if value]
+        if source != "file" and given:
+            raise DataError(f"{self.name}: {', '.join(given)} given, but the data comes from source {source!r}")
+        if source == "file" and _plain(source_options):
+            raise DataError(f"{self.name}: source_options apply to the corpus and synthetic sources, not to files")
+
+    def check_paths(self) -> None:
+        """Exactly one of ``path`` and ``train_path``."""
+        if (self.path is None) == (self.train_path is None):
+            raise DataError(f"{self.name}: give `path` (splits held out of it) or `train_path`, exactly one")
+
+    def splits_from_files(self, read: Callable[[str], list[Any]]) -> dict[str, list[Any]]:
+        """Splits from their own files, or held out of ``path`` (or of ``train_path``) where a file is missing."""
+        self.check_paths()
+        train = read(self.path if self.path is not None else self.train_path)  # type: ignore[arg-type]
+        fractions = (0.0 if self.val_path else self.val_fraction, 0.0 if self.test_path else self.test_fraction)
+        train, val, test = self.examples.hold_out(train, *fractions, self.seed)
+        if self.val_path:
+            val = read(self.val_path)
+        if self.test_path:
+            test = read(self.test_path)
+        return {"train": train, "val": val, "test": test}
+
+    def held_out_of(self, examples: list[Any]) -> dict[str, list[Any]]:
+        """Val and test held out of one list of examples (``val_fraction``, ``test_fraction``, ``seed``)."""
+        train, val, test = self.examples.hold_out(examples, self.val_fraction, self.test_fraction, self.seed)
+        return {"train": train, "val": val, "test": test}
+
+    def prepare_data(self) -> None:
+        """Nothing to download by default (the Shakespeare source fetches its texts here)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the splits, train (or load) the tokenizer on the training split, encode every split."""
+        if self.datasets:
+            return
+        splits = self.read_splits()
+        if not splits.get("train"):
+            raise DataError(f"{self.name}: the training split is empty")
+        self.splits = splits
+        self.label_names = self.examples.label_names(splits, self.given_label_names)
+        self.tokenizer = self._tokenizer(splits["train"])
+        self.datasets = {
+            split: self.examples.dataset(examples, self.tokenizer, self.label_names, train=split == "train")
+            for split, examples in splits.items()
+        }
+
+    def _tokenizer(self, train: list[Any]) -> Tokenizer:
+        if self.tokenizer_json is not None:
+            return Tokenizer.from_json(self.tokenizer_json)
+        if self.tokenizer_path is not None:
+            return load_tokenizer(self.tokenizer_path)
+        return build_tokenizer(
+            self.tokenizer_kind, self.examples.texts(train), vocab_size=self.vocab_size, **self.tokenizer_opts
+        )
+
+    def _loader(self, split: str) -> DataLoader | list:
+        if not self.datasets:
+            raise DataError(f"{self.name}: call setup() before asking for a DataLoader")
+        dataset = self.datasets.get(split)
+        if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
+            return []  # Lightning skips an empty loader list
+        sampler = None
+        if split == "train":  # the order follows the training seed (seed_everything) and the epoch: resumable
+            sampler = EpochShuffle(len(dataset), torch.initial_seed() % 2**62)  # type: ignore[arg-type]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=functools.partial(self.examples.collate, tokenizer=self.tokenizer),
+        )
+
+    def train_dataloader(self) -> DataLoader | list:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test")
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per split: examples read and items encoded (LM windows or examples)."""
+        sizes = {}
+        for split in SPLITS:
+            dataset = self.datasets.get(split)
+            items = len(dataset) if dataset is not None else 0  # type: ignore[arg-type]
+            sizes[split] = {"examples": len(self.splits.get(split, [])), "items": items}
+        return sizes
+
+
+def _name(path: str | None, fallback: str) -> str:
+    """A data name from a path: its stem (a glob's folder), or ``fallback``."""
+    if not path:
+        return fallback
+    return Path(str(path).split("*")[0]).stem or fallback
+
+
+class TextDataModule(ExamplesDataModule):
+    """Language modelling text: the user's files, Shakespeare or the Penn Treebank.
+
+    Batches: ``{"input_ids": [B, block_size], "attention_mask": [B, block_size]}``, windows of the token
+    stream (each text followed by ``<eos>``) that overlap by one token, so that with the causal shift every
+    token is predicted once; the last window of val and test is padded, training drops it.
+
+    Args:
+        source: ``file`` (``path`` or ``train_path``...), ``shakespeare`` or ``ptb``.
+        path: a file, a folder or a glob; val and test are each text's tail (``split_text``).
+        train_path: the training text(s); ``val_path`` and ``test_path`` likewise.
+        block_size: tokens per window (the model's ``max_len`` must be at least this).
+        split_lines: each line is a text of its own, followed by ``<eos>`` (as PTB is; always so for ``ptb``).
+        source_options: the source's own options (``shakespeare``: ``cache_root``).
+        **common: as :class:`ExamplesDataModule` (``batch_size``, ``tokenizer``, ``seed``, ...).
+    """
+
+    SOURCES = ("file", "shakespeare", "ptb")
+
+    def __init__(
+        self,
+        *,
+        source: str = "file",
+        block_size: int = 256,
+        split_lines: bool = False,
+        source_options: Mapping[str, Any] | None = None,
+        **common: Any,
+    ) -> None:
+        check_choice("text source", source, self.SOURCES)
+        split_lines = split_lines or source == "ptb"
+        super().__init__(
+            examples=TextExamples(block_size=block_size, split_lines=split_lines),
+            default_name="text" if source == "file" else source,
+            **common,
+        )
+        self.source, self.source_options = source, source_options
+        self.check_source(source, source_options)
+
+    def prepare_data(self) -> None:
+        if self.source == "shakespeare":
+            call_source(sources.shakespeare, self.source_options, self.source)
+
+    def read_splits(self) -> dict[str, list[Any]]:
+        if self.source == "ptb":
+            return call_source(sources.ptb, self.source_options, self.source)
+        if self.source == "shakespeare":
+            works = call_source(sources.shakespeare, self.source_options, self.source)
+            return self.held_out_of(list(works.values()))
+        return self.splits_from_files(readers.read_text)
+
+
+class PairsDataModule(ExamplesDataModule):
+    """Sequence-to-sequence pairs: the user's JSONL/TSV, the English-Spanish Bible, or a synthetic task.
+
+    Batches: ``{"input_ids": [B, S], "attention_mask": [B, S], "labels": [B, T]}`` with labels the target ids
+    and ``<eos>``, padded with -100.
+
+    Args:
+        source: ``file``, ``bible``, or a synthetic task: ``copy``, ``reverse``, ``sort``, ``addition``.
+        path: a JSONL or TSV file; val and test are held out at random (``seed``).
+        train_path: the training file; ``val_path`` and ``test_path`` likewise.
+        format: ``jsonl`` or ``tsv`` (None: from the suffix).
+        source_key: the JSONL field of the source text; ``target_key`` that of the target.
+        max_len: the most source ids and the most label ids.
+        source_options: the source's own options: synthetic ``n_train``, ``n_val``, ``n_test``,
+            ``min_length``, ``max_length``, ``alphabet``; bible ``source``, ``target`` (module names),
+            ``sword_path``.
+        **common: as :class:`ExamplesDataModule`.
+    """
+
+    SOURCES = ("file", "bible", *SYNTHETIC_TASKS)
+
+    def __init__(
+        self,
+        *,
+        source: str = "file",
+        format: str | None = None,
+        source_key: str = "source",
+        target_key: str = "target",
+        max_len: int = 256,
+        source_options: Mapping[str, Any] | None = None,
+        **common: Any,
+    ) -> None:
+        check_choice("pairs source", source, self.SOURCES)
+        default_name = {"file": "pairs", "bible": "bible_en_es"}.get(source, source)
+        super().__init__(examples=PairExamples(max_len=max_len), default_name=default_name, **common)
+        self.source, self.source_options = source, source_options
+        self.check_source(source, source_options)
+        self.read_options = {"format": format, "source_key": source_key, "target_key": target_key}
+
+    def read_splits(self) -> dict[str, list[Any]]:
+        if self.source in SYNTHETIC_TASKS:
+            return call_source(synthetic_splits, self.source_options, self.source, task=self.source, seed=self.seed)
+        if self.source == "bible":
+            verses = call_source(sources.bible, self.source_options, self.source)
+            return self.held_out_of([(src, tgt) for _, src, tgt in verses])
+        return self.splits_from_files(lambda p: readers.read_pairs(p, **self.read_options))
+
+
+class LabeledDataModule(ExamplesDataModule):
+    """Texts with a label each for sequence classification, from CSV/TSV (a header row) or JSONL.
+
+    Batches: ``{"input_ids": [B, T], "attention_mask": [B, T], "labels": [B]}``, inputs starting with ``<bos>``.
+
+    Args:
+        path: the file; val and test are held out at random (``seed``).
+        train_path: the training file; ``val_path`` and ``test_path`` likewise.
+        format: ``csv``, ``tsv`` or ``jsonl`` (None: from the suffix).
+        text_key: the column or field of the text; ``label_key`` that of the label.
+        max_len: the most ids per input, ``<bos>`` included.
+        **common: as :class:`ExamplesDataModule` (``label_names`` fixes the label ids).
+    """
+
+    def __init__(
+        self,
+        *,
+        format: str | None = None,
+        text_key: str = "text",
+        label_key: str = "label",
+        max_len: int = 256,
+        **common: Any,
+    ) -> None:
+        super().__init__(examples=LabeledExamples(max_len=max_len), default_name="labeled", **common)
+        self.read_options = {"format": format, "text_key": text_key, "label_key": label_key}
+
+    def read_splits(self) -> dict[str, list[Any]]:
+        return self.splits_from_files(lambda p: readers.read_labeled(p, **self.read_options))
+
+
+class ConllDataModule(ExamplesDataModule):
+    """Tagged sentences for token classification: the user's CoNLL-style files or WNUT-16.
+
+    Batches: ``{"input_ids", "attention_mask", "labels"}``, all ``[B, T]``; a word's tag id on its first
+    subword, -100 elsewhere. ``.label_names`` are the tags (``O`` first, then B-/I- by entity type).
+
+    Args:
+        source: ``file`` or ``wnut16``.
+        path: a CoNLL file; val and test sentences are held out at random (``seed``).
+        train_path: the training file; ``val_path`` and ``test_path`` likewise.
+        token_column: the column of the token; ``tag_column`` that of the tag (-1: the last).
+        separator: the column separator (None: whitespace).
+        comment_prefix: lines starting with it are skipped (None: none are).
+        max_len: the most ids per sentence.
+        **common: as :class:`ExamplesDataModule` (``label_names`` fixes the tag ids).
+    """
+
+    SOURCES = ("file", "wnut16")
+
+    def __init__(
+        self,
+        *,
+        source: str = "file",
+        token_column: int = 0,
+        tag_column: int = -1,
+        separator: str | None = None,
+        comment_prefix: str | None = None,
+        max_len: int = 256,
+        **common: Any,
+    ) -> None:
+        check_choice("conll source", source, self.SOURCES)
+        default_name = "wnut16" if source == "wnut16" else "conll"
+        super().__init__(examples=TaggedExamples(max_len=max_len), default_name=default_name, **common)
+        self.source = source
+        self.check_source(source, None)
+        self.read_options = {
+            "token_column": token_column,
+            "tag_column": tag_column,
+            "separator": separator,
+            "comment_prefix": comment_prefix,
+        }
+
+    def read_splits(self) -> dict[str, list[Any]]:
+        if self.source == "wnut16":
+            return self.held_out_of(sources.wnut16())
+        return self.splits_from_files(lambda p: readers.read_conll(p, **self.read_options))
+
+
+class HFDataModule(ExamplesDataModule):
+    """Hugging Face ``datasets`` from local data only: a dataset saved with ``save_to_disk``, or local files.
+
+    The ``task`` says which columns are read and how they are batched, as by the matching DataModule above.
+
+    Args:
+        task: ``causal_lm``, ``masked_lm``, ``seq2seq``, ``sequence_classification`` or ``token_classification``.
+        path: a folder written by ``save_to_disk`` (its ``train``, ``validation``/``val``/``dev`` and ``test``
+            splits), or local data file(s) whose rows are held out at random into val and test (``seed``).
+        train_path: local data file(s) of the training split; ``val_path`` and ``test_path`` likewise.
+        format: ``json``, ``csv``, ``text`` or ``parquet`` (None: from the suffix).
+        text_column: the text (LM, classification); ``label_column`` the label (a string, a number or a
+            ``ClassLabel``); ``source_column`` and ``target_column`` the pair (seq2seq); ``tokens_column`` and
+            ``tags_column`` the words and their tags (token classification).
+        block_size: LM tokens per window; ``max_len`` the most ids per example for the other tasks.
+        cache_dir: where ``datasets`` keeps its Arrow cache (None: its default).
+        **common: as :class:`ExamplesDataModule`.
+    """
+
+    TASKS = ("causal_lm", "masked_lm", "seq2seq", "sequence_classification", "token_classification")
+    VAL_NAMES = ("validation", "val", "valid", "dev")
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        format: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        source_column: str = "source",
+        target_column: str = "target",
+        tokens_column: str = "tokens",
+        tags_column: str = "tags",
+        block_size: int = 256,
+        max_len: int = 256,
+        cache_dir: str | None = None,
+        **common: Any,
+    ) -> None:
+        check_choice("task", task, self.TASKS)
+        examples: Examples
+        if task in TextExamples.fits:
+            examples, columns = TextExamples(block_size=block_size), (text_column,)
+        elif task in PairExamples.fits:
+            examples, columns = PairExamples(max_len=max_len), (source_column, target_column)
+        elif task in LabeledExamples.fits:
+            examples, columns = LabeledExamples(max_len=max_len), (text_column, label_column)
+        else:
+            examples, columns = TaggedExamples(max_len=max_len), (tokens_column, tags_column)
+        super().__init__(examples=examples, default_name="hf", **common)
+        self.task, self.columns = task, columns
+        self.check_paths()
+        self.format, self.cache_dir = format, cache_dir
+
+    def _load(self) -> dict[str, Any]:
+        """The ``datasets`` splits found (``train``, and ``val``/``test`` where there are some)."""
+        path = Path(self.path).expanduser() if self.path is not None else None
+        files = {"train": self.path or self.train_path, "val": self.val_path, "test": self.test_path}
+        if path is not None and path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
+            if self.val_path or self.test_path:
+                raise DataError(f"{path}: a saved dataset brings its own splits; val_path and test_path do not apply")
+            loaded = readers.read_hf(path, cache_dir=self.cache_dir)
+        else:
+            data_files = {split: spec for split, spec in files.items() if spec}
+            loaded = readers.read_hf(data_files=data_files, format=self.format, cache_dir=self.cache_dir)
+        found = {"train": loaded.get("train")}
+        found["val"] = next((loaded[n] for n in self.VAL_NAMES if n in loaded), None)
+        found["test"] = loaded.get("test")
+        if found["train"] is None:
+            raise DataError(f"{self.path}: no `train` split among {', '.join(loaded)}")
+        return {split: data for split, data in found.items() if data is not None}
+
+    def _rows(self, split: str, data: Any) -> list[Any]:
+        """One split's rows as examples, ClassLabel ids turned into their names."""
+        missing = [c for c in self.columns if c not in data.column_names]
+        if missing:
+            raise DataError(
+                f"{self.name} {split}: no column(s) {', '.join(map(repr, missing))} for {self.task}; the columns "
+                f"are {', '.join(data.column_names)} (set {self.task}'s column names in the data config)"
+            )
+        names = [_class_names(data.features[c]) for c in self.columns]
+        columns = [data[c] for c in self.columns]
+        rows = []
+        for i, values in enumerate(zip(*columns, strict=True)):
+            values = [_as_names(v, n) for v, n in zip(values, names, strict=True)]
+            if isinstance(self.examples, TaggedExamples):
+                tokens, tags = values
+                ok = isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)
+                if not ok or not all(isinstance(t, str) for t in tokens):
+                    raise DataError(f"{self.name} {split} row {i}: expected equally long lists of tokens and tags")
+                rows.append((tokens, [str(t) for t in tags]))
+            elif isinstance(self.examples, TextExamples):
+                rows.append(_as_text(values[0], split, i, self.columns[0], self.name))
+            else:
+                first, second = values
+                if isinstance(self.examples, LabeledExamples) and isinstance(second, (int, float)):
+                    second = str(second)  # a numeric label
+                rows.append(
+                    tuple(
+                        _as_text(v, split, i, c, self.name) for v, c in zip((first, second), self.columns, strict=True)
+                    )
+                )
+        if names[-1] is not None and self.given_label_names is None:
+            self.given_label_names = names[-1]  # a ClassLabel fixes the label ids
+        return rows
+
+    def read_splits(self) -> dict[str, list[Any]]:
+        loaded = {split: self._rows(split, data) for split, data in self._load().items()}
+        fractions = (0.0 if "val" in loaded else self.val_fraction, 0.0 if "test" in loaded else self.test_fraction)
+        train, val, test = hold_out(loaded["train"], *fractions, self.seed)  # rows, never cut in the middle
+        return {"train": train, "val": loaded.get("val", val), "test": loaded.get("test", test)}
+
+
+def _class_names(feature: Any) -> list[str] | None:
+    """The names of a ``ClassLabel`` feature, or of one inside a ``Sequence``/list feature (else None)."""
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, list) and feature:
+        inner = feature[0]
+    names = getattr(inner if inner is not None else feature, "names", None)
+    return list(names) if names else None
+
+
+def _as_names(value: Any, names: list[str] | None) -> Any:
+    if names is None:
+        return value
+    if isinstance(value, list):
+        return [names[v] for v in value]
+    return names[value]
+
+
+def _as_text(value: Any, split: str, row: int, column: str, name: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{name} {split} row {row}: column {column!r} holds a {type(value).__name__}, not a string")
+    return value

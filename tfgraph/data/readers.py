@@ -1,0 +1,315 @@
+"""Readers of the user's own files. A malformed line raises a DataError that names the file and the line.
+
+| reader | files | gives |
+| --- | --- | --- |
+| :func:`read_text` | a file, a folder (every file under it) or a glob | one text per file |
+| :func:`read_pairs` | JSONL (``{"source": ..., "target": ...}``) or TSV (two columns) | ``(source, target)`` |
+| :func:`read_conll` | CoNLL columns: a token and a tag per line, a blank line between sentences | ``(tokens, tags)`` |
+| :func:`read_labeled` | CSV or TSV with a header naming ``text`` and ``label``, or JSONL | ``(text, label)`` |
+| :func:`read_hf` | Hugging Face ``datasets``: a saved dataset, or local JSON/CSV/text/Parquet files | a DatasetDict |
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tfgraph.data.errors import DataError, at, check_choice
+
+_GLOB_CHARS = set("*?[")
+
+
+def expand_paths(spec: str | Path) -> list[Path]:
+    """The files a path names: itself, every file under a folder (hidden ones left out), or a glob's matches."""
+    text = os.path.expanduser(str(spec))
+    if _GLOB_CHARS & set(text):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"{spec}: no file matches this pattern")
+        return files
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise DataError(f"{path}: the folder holds no file")
+        return files
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or folder")
+    return [path]
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise at(path, line, f"not valid UTF-8 (byte {data[err.start]:#04x} at offset {err.start})") from err
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line without its end)`` for each line of a UTF-8 file."""
+    yield from enumerate(_read_utf8(path).splitlines(), start=1)
+
+
+def read_text(path: str | Path) -> list[str]:
+    """The texts of a file, of every file under a folder, or of a glob's matches, in sorted path order.
+
+    Args:
+        path: ``book.txt``, ``corpus/`` or ``"corpus/**/*.txt"``.
+
+    Returns:
+        One string per file (newlines normalised to ``\\n``).
+    """
+    texts = []
+    for file in expand_paths(path):
+        text = _read_utf8(file)
+        texts.append(text.replace("\r\n", "\n"))
+    return texts
+
+
+def _format_of(path: Path, given: str | None, choices: Mapping[str, str]) -> str:
+    """The file format: ``given``, or the one its suffix names (``choices`` maps suffixes to formats)."""
+    if given is not None:
+        check_choice("format", given, sorted(set(choices.values())))
+        return given
+    fmt = choices.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(sorted(choices))
+        raise DataError(f"{path}: cannot tell the format from the suffix {path.suffix!r} ({known}); set `format`")
+    return fmt
+
+
+def _json_record(path: Path, number: int, line: str, keys: Sequence[str]) -> list[str]:
+    """The string values of ``keys`` in a JSONL line."""
+    expected = f"a JSON object with string fields {', '.join(map(repr, keys))}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise at(path, number, f"expected {expected}; not JSON ({err.msg} at column {err.colno})") from err
+    if not isinstance(record, dict):
+        raise at(path, number, f"expected {expected}, got a JSON {type(record).__name__}")
+    values = []
+    for key in keys:
+        if key not in record:
+            have = ", ".join(map(repr, record)) or "none"
+            raise at(path, number, f"expected {expected}; field {key!r} is missing (fields: {have})")
+        value = record[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # a numeric label
+        if not isinstance(value, str):
+            raise at(path, number, f"expected {expected}; field {key!r} is a {type(value).__name__}")
+        values.append(value)
+    return values
+
+
+def read_pairs(
+    path: str | Path, *, format: str | None = None, source_key: str = "source", target_key: str = "target"
+) -> list[tuple[str, str]]:
+    """Sequence pairs from JSONL (one object a line) or TSV (``source<TAB>target`` a line); blank lines skipped.
+
+    Args:
+        path: the file.
+        format: ``jsonl`` or ``tsv``; None: from the suffix (``.jsonl``/``.json``, ``.tsv``/``.txt``).
+        source_key: the JSONL field of the source text.
+        target_key: the JSONL field of the target text.
+    """
+    path = Path(path)
+    fmt = _format_of(path, format, {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".txt": "tsv"})
+    pairs = []
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        if fmt == "jsonl":
+            source, target = _json_record(path, number, line, (source_key, target_key))
+        else:
+            columns = line.split("\t")
+            if len(columns) != 2:
+                raise at(path, number, f"expected 2 tab-separated columns (source, target), found {len(columns)}")
+            source, target = columns
+        pairs.append((source, target))
+    if not pairs:
+        raise DataError(f"{path}: no pairs in the file")
+    return pairs
+
+
+def read_conll(
+    path: str | Path,
+    *,
+    token_column: int = 0,
+    tag_column: int = -1,
+    separator: str | None = None,
+    comment_prefix: str | None = None,
+) -> list[tuple[list[str], list[str]]]:
+    """Tagged sentences from CoNLL-style columns: one token a line, a blank line between sentences.
+
+    ``-DOCSTART-`` lines are skipped.
+
+    Args:
+        path: the file.
+        token_column: the column of the token.
+        tag_column: the column of the tag (-1: the last).
+        separator: the column separator; None: any run of whitespace (CoNLL-2003 spaces, WNUT tabs).
+        comment_prefix: lines starting with it are skipped (``"#"`` for CoNLL-U); None: none are.
+
+    Returns:
+        ``(tokens, tags)`` per sentence.
+    """
+    path = Path(path)
+    sentences: list[tuple[list[str], list[str]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    need = max(2, *(i + 1 if i >= 0 else -i for i in (token_column, tag_column)))  # columns a line must have
+    for number, line in _lines(path):
+        if comment_prefix is not None and line.startswith(comment_prefix):
+            continue
+        columns = line.split(separator) if separator is not None else line.split()
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        if columns[0] == "-DOCSTART-":
+            continue
+        if len(columns) < need:
+            raise at(
+                path,
+                number,
+                f"expected a token (column {token_column}) and a tag (column {tag_column}), "
+                f"found {len(columns)} column(s): {line!r}",
+            )
+        token, tag = columns[token_column].strip(), columns[tag_column].strip()
+        if not token or not tag:
+            raise at(path, number, f"empty token or tag: {line!r}")
+        tokens.append(token)
+        tags.append(tag)
+    if tokens:
+        sentences.append((tokens, tags))
+    if not sentences:
+        raise DataError(f"{path}: no sentences in the file")
+    return sentences
+
+
+def read_labeled(
+    path: str | Path, *, format: str | None = None, text_key: str = "text", label_key: str = "label"
+) -> list[tuple[str, str]]:
+    """Labelled texts: CSV or TSV with a header naming the text and label columns, or JSONL.
+
+    Args:
+        path: the file.
+        format: ``csv``, ``tsv`` or ``jsonl``; None: from the suffix.
+        text_key: the column (or JSON field) of the text.
+        label_key: the column (or JSON field) of the label (a string or a number).
+
+    Returns:
+        ``(text, label)`` per example, the label as a string.
+    """
+    path = Path(path)
+    fmt = _format_of(path, format, {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"})
+    examples = []
+    if fmt == "jsonl":
+        for number, line in _lines(path):
+            if line.strip():
+                text, label = _json_record(path, number, line, (text_key, label_key))
+                examples.append((text, _check_label(path, number, label)))
+    else:
+        rows = csv.reader(_read_utf8(path).splitlines(keepends=True), delimiter="," if fmt == "csv" else "\t")
+        try:
+            header = next(rows)
+        except StopIteration:
+            raise DataError(f"{path}: empty file; expected a header naming {text_key!r} and {label_key!r}") from None
+        missing = [key for key in (text_key, label_key) if key not in header]
+        if missing:
+            raise at(path, 1, f"the header {header} lacks the column(s) {', '.join(map(repr, missing))}")
+        text_at, label_at = header.index(text_key), header.index(label_key)
+        try:
+            for row in rows:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise at(path, rows.line_num, f"expected {len(header)} fields as in the header, found {len(row)}")
+                examples.append((row[text_at], _check_label(path, rows.line_num, row[label_at])))
+        except csv.Error as err:
+            raise at(path, rows.line_num, f"malformed {fmt.upper()} ({err})") from err
+    if not examples:
+        raise DataError(f"{path}: no examples in the file")
+    return examples
+
+
+def _check_label(path: Path, line: int, label: str) -> str:
+    label = label.strip()
+    if not label:
+        raise at(path, line, "empty label")
+    return label
+
+
+HF_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}
+
+
+def read_hf(
+    path: str | Path | None = None,
+    *,
+    data_files: Mapping[str, str | Sequence[str]] | None = None,
+    format: str | None = None,
+    cache_dir: str | None = None,
+) -> Any:
+    """A Hugging Face ``DatasetDict`` from local data only, never a hub.
+
+    Args:
+        path: a dataset saved with ``save_to_disk`` (a folder).
+        data_files: instead of ``path``: split name -> local file(s) (paths, folders or globs).
+        format: ``json``, ``csv``, ``text`` or ``parquet``; None: from the files' suffix.
+        cache_dir: where ``datasets`` keeps its Arrow cache (None: its default).
+    """
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import datasets
+
+    datasets.config.HF_HUB_OFFLINE = True
+    if (path is None) == (data_files is None):
+        raise DataError("read_hf: give either `path` (a saved dataset) or `data_files` (local files), not both")
+    if path is not None:
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise DataError(
+                f"{folder}: no saved dataset there (a folder written by save_to_disk); tfgraph never "
+                "downloads from the hub: give local files as data_files"
+            )
+        try:
+            loaded = datasets.load_from_disk(str(folder))
+        except (FileNotFoundError, ValueError) as err:
+            raise DataError(f"{folder}: not a dataset saved with save_to_disk ({err})") from err
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    assert data_files is not None
+    files = {
+        split: [str(p) for spec in ([specs] if isinstance(specs, (str, Path)) else specs) for p in expand_paths(spec)]
+        for split, specs in data_files.items()
+    }
+    first = Path(next(iter(files.values()))[0])
+    fmt = _format_of(first, format, HF_FORMATS)
+    if fmt == "json":  # datasets reports a bad line without its number: check each line here first
+        for split_files in files.values():
+            for file in map(Path, split_files):
+                if file.suffix.lower() == ".jsonl":
+                    _check_jsonl(file)
+    try:
+        return datasets.load_dataset(fmt, data_files=files, cache_dir=cache_dir)
+    except Exception as err:  # datasets and pandas raise many kinds; name the files
+        raise DataError(f"{', '.join(f for fs in files.values() for f in fs)}: cannot load as {fmt} ({err})") from err
+
+
+def _check_jsonl(path: Path) -> None:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise at(path, number, f"expected a JSON object; not JSON ({err.msg} at column {err.colno})") from err
+        if not isinstance(record, dict):
+            raise at(path, number, f"expected a JSON object, got a JSON {type(record).__name__}")
