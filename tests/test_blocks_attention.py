@@ -269,4 +269,4 @@ def test_registered_and_bindable():
     assert MultiHeadAttention(d_model=32, n_heads=4).window is None
     bind(MultiHeadAttention, {"window": 8, "qk_norm": "yes"}, context=sizes, path="model.attention", problems=problems)
     assert [path for path, _ in problems.items] == ["model.attention.window", "model.attention.qk_norm"]
-    assert MultiHeadAttention.needs == CrossAttention.needs == ("context",)
+    assert MultiHeadAttention.needs == CrossAttention.needs == ("context", "cache")

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from tfgraph.blocks.context import AttentionContext
@@ -69,8 +70,9 @@ class GraphSpec:
 def block_arity(cls: type) -> tuple[int, int | None]:
     """How many tensor inputs a block's ``forward`` takes: ``(min, max)``, ``max`` None for ``*inputs``."""
     params = [p for name, p in inspect.signature(cls.forward).parameters.items() if name != "self"]
-    if "context" in getattr(cls, "needs", ()):
-        params = params[:-1]  # the attention context, passed by the graph
+    needs = getattr(cls, "needs", ())
+    plumbed = ("context" in needs) + ("cache" in needs)  # the attention context and the block's cache, last
+    params = params[: len(params) - plumbed]
     variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
     fixed = [p for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     required = sum(p.default is inspect.Parameter.empty for p in fixed)
@@ -256,29 +258,62 @@ class LayerGraph(nn.Module):
     """One layer: the blocks of a :class:`GraphSpec`, run in topological order.
 
     Each node's block is a child module under the node's name (``layers.0.attn.qkv.weight``). The plan
-    (which values feed which node, and which nodes take the attention context) is fixed at build time, so
-    ``forward`` is a flat loop that ``torch.compile(fullgraph=True)`` unrolls.
+    (which values feed which node, which nodes take the attention context and which their cache) is fixed at
+    build time, so ``forward`` is a flat loop that ``torch.compile(fullgraph=True)`` unrolls.
 
-    forward(x: [B, T, d_model], ctx, memory: [B, S, d_model] | None) -> [B, T, d_model]
+    A block that declares ``needs = ("context", "cache")`` makes its cache with ``new_cache(batch, max_len, *,
+    dtype, device)``; :meth:`new_cache` collects them, and a forward given that list hands each block its own
+    after the context.
+
+    forward(x: [B, T, d_model], ctx, memory: [B, S, d_model] | None, cache: list | None) -> [B, T, d_model]
     """
 
     def __init__(self, spec: GraphSpec) -> None:
         super().__init__()
         self.spec = spec
         slots = {name: i for i, name in enumerate(spec.inputs)}
-        plan = []
+        plan, cache_slots, cached = [], [], []
         for node in spec.nodes:
             block = node.cls(**node.kwargs)
             self.add_module(node.name, block)
-            wants_context = "context" in getattr(node.cls, "needs", ())
-            plan.append((block, tuple(slots[source] for source in node.inputs), wants_context))
+            needs = getattr(node.cls, "needs", ())
+            if "cache" in needs and "context" not in needs:
+                raise TypeError(f"{node.cls.__name__} declares needs={needs!r}: a block with a cache needs the context")
+            plan.append((block, tuple(slots[source] for source in node.inputs), "context" in needs))
+            cache_slots.append(len(cached) if "cache" in needs else None)
+            if "cache" in needs:
+                cached.append(block)
             slots[node.name] = len(slots)
         self._plan = tuple(plan)
+        self._cache_slots = tuple(cache_slots)
+        self._cached_blocks = tuple(cached)
         self._output = slots[spec.output]
 
-    def forward(self, x: Tensor, ctx: AttentionContext, memory: Tensor | None = None) -> Tensor:
+    def uncacheable(self) -> list[str]:
+        """Names of the nodes that take the context but keep no cache (they cannot continue from a cache)."""
+        return [
+            node.name
+            for node, (_, _, wants_context), slot in zip(self.spec.nodes, self._plan, self._cache_slots, strict=True)
+            if wants_context and slot is None
+        ]
+
+    def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> list[Any]:
+        """The empty caches of this layer's blocks that keep one, in node order."""
+        return [block.new_cache(batch, max_len, dtype=dtype, device=device) for block in self._cached_blocks]
+
+    def forward(
+        self, x: Tensor, ctx: AttentionContext, memory: Tensor | None = None, cache: list[Any] | None = None
+    ) -> Tensor:
         values = [x, memory] if len(self.spec.inputs) == 2 else [x]
-        for block, sources, wants_context in self._plan:
+        if cache is None:
+            for block, sources, wants_context in self._plan:
+                args = [values[i] for i in sources]
+                values.append(block(*args, ctx) if wants_context else block(*args))
+            return values[self._output]
+        for (block, sources, wants_context), slot in zip(self._plan, self._cache_slots):  # noqa: B905 (fixed lengths)
             args = [values[i] for i in sources]
-            values.append(block(*args, ctx) if wants_context else block(*args))
+            if slot is not None:
+                values.append(block(*args, ctx, cache[slot]))
+            else:
+                values.append(block(*args, ctx) if wants_context else block(*args))
         return values[self._output]

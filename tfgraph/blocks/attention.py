@@ -1,8 +1,11 @@
 """Attention blocks: multi-head self-attention (MHA, GQA, MQA), its sliding-window variant, cross-attention.
 
-Every block takes the stack's :class:`~tfgraph.blocks.context.AttentionContext` as its last argument (declared by
-``needs = ("context",)``): the masks, the rotary tables and the position biases are built once per forward by the
-stack, not by each layer.
+Every block takes the stack's :class:`~tfgraph.blocks.context.AttentionContext` after its inputs (declared by
+``needs = ("context", ...)``): the masks, the rotary tables and the position biases are built once per forward by the
+stack, not by each layer. Blocks that also declare ``"cache"`` take their own cache after the context while
+generating (``None`` otherwise) and make it with ``new_cache``: self-attention appends its keys and values to a
+preallocated :class:`~tfgraph.blocks.context.KVCache`; cross-attention projects the encoder memory once into a
+:class:`~tfgraph.blocks.context.MemoryKV`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tfgraph.blocks.context import AttentionContext
+from tfgraph.blocks.context import AttentionContext, KVCache, MemoryKV
 from tfgraph.blocks.position import apply_rotary
 from tfgraph.registry import register
 
@@ -47,6 +50,37 @@ def _as_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
     return mask.to(like.dtype)
 
 
+def recorded_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool, scale: float | None
+) -> tuple[Tensor, Tensor]:
+    """What ``F.scaled_dot_product_attention`` computes (without dropout), with the weights made explicit.
+
+    ``weights = softmax(q k^T * scale + mask)``; the causal mask of ``is_causal`` aligns the top-left corner as in SDPA.
+
+    Args:
+        q: [B, H, Tq, hd].
+        k: [B, H_kv, Tk, hd]; ``H_kv`` divides ``H`` (grouped heads are repeated).
+        v: [B, H_kv, Tk, hd].
+        mask: ``None``, a boolean mask (True = may attend) or an additive one, broadcastable to [B, H, Tq, Tk].
+        is_causal: mask keys after each query.
+        scale: the score scale; ``None`` = ``1 / sqrt(hd)``.
+
+    Returns:
+        The output [B, H, Tq, hd] and the weights [B, H, Tq, Tk].
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if is_causal:
+        later = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(later, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
 @register("attention", "multihead")
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with grouped key/value heads (MHA, GQA or MQA).
@@ -65,7 +99,7 @@ class MultiHeadAttention(nn.Module):
         softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
 
-    needs = ("context",)
+    needs = ("context", "cache")
 
     def __init__(
         self,
@@ -89,8 +123,12 @@ class MultiHeadAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
-    def forward(self, x: Tensor, ctx: AttentionContext) -> Tensor:
-        """x: [B, T, d_model] -> [B, T, d_model]."""
+    def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> KVCache:
+        """An empty cache of ``max_len`` slots for ``batch`` rows."""
+        return KVCache(batch, self.n_kv_heads, self.head_dim, max_len, dtype=dtype, device=device)
+
+    def forward(self, x: Tensor, ctx: AttentionContext, cache: KVCache | None = None) -> Tensor:
+        """x: [B, T, d_model] -> [B, T, d_model]; with a cache, x holds the new tokens only."""
         kv_dim = self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([self.d_model, kv_dim, kv_dim], dim=-1)
         q = _split_heads(q, self.n_heads)  # [B, H, T, hd]
@@ -100,14 +138,22 @@ class MultiHeadAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if ctx.rope is not None:
             q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+        if cache is not None:  # attend to every cached slot the window reaches: [B, H_kv, S, hd]
+            k, v = cache.update(k, v, ctx.offset)
+            start = ctx.key_start[self.window]
+            k, v = k[:, :, start:], v[:, :, start:]
         mask = _as_mask(ctx.masks[self.window], q)
+        is_causal = mask is None and ctx.is_causal
+        if ctx.record is not None:
+            y, ctx.record[self] = recorded_attention(q, k, v, mask, is_causal=is_causal, scale=self.softmax_scale)
+            return self.out(_merge_heads(y))
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and ctx.is_causal,
+            is_causal=is_causal,
             scale=self.softmax_scale,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )  # [B, H, T, hd]
@@ -176,7 +222,7 @@ class CrossAttention(nn.Module):
         softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
 
-    needs = ("context",)
+    needs = ("context", "cache")
 
     def __init__(
         self,
@@ -200,19 +246,38 @@ class CrossAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
-    def forward(self, x: Tensor, memory: Tensor, ctx: AttentionContext) -> Tensor:
+    def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> MemoryKV:
+        """An empty holder for the memory's keys and values (filled by the first call)."""
+        return MemoryKV()
+
+    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values of the memory: [B, Tk, d_model] -> two [B, H_kv, Tk, hd]."""
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        k = _split_heads(k, self.n_kv_heads)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return k, _split_heads(v, self.n_kv_heads)
+
+    def forward(self, x: Tensor, memory: Tensor, ctx: AttentionContext, cache: MemoryKV | None = None) -> Tensor:
         """x: [B, Tq, d_model], memory: [B, Tk, d_model] -> [B, Tq, d_model]."""
         q = _split_heads(self.q(x), self.n_heads)  # [B, H, Tq, hd]
-        k, v = self.kv(memory).chunk(2, dim=-1)
-        k = _split_heads(k, self.n_kv_heads)  # [B, H_kv, Tk, hd]
-        v = _split_heads(v, self.n_kv_heads)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
+        if cache is None:
+            k, v = self.memory_kv(memory)  # [B, H_kv, Tk, hd]
+        else:
+            if cache.k is None:
+                cache.k, cache.v = self.memory_kv(memory)
+            k, v = cache.k, cache.v
+        mask = _as_mask(ctx.memory_mask, q)
+        if ctx.record is not None:
+            y, ctx.record[self] = recorded_attention(q, k, v, mask, is_causal=False, scale=self.softmax_scale)
+            return self.out(_merge_heads(y))
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=_as_mask(ctx.memory_mask, q),
+            attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             scale=self.softmax_scale,
             enable_gqa=self.n_kv_heads != self.n_heads,

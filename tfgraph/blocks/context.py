@@ -1,15 +1,24 @@
 """What a stack computes once per forward and hands to the attention blocks of all its layers.
 
 Masks, rotary tables and position biases depend only on positions and padding, not on the layer, so
-the stack builds them once (:func:`self_attention_context`) and every attention block reads them from
-an :class:`AttentionContext`. Position blocks implement :class:`Position`: absolute schemes add to the
-embeddings, rotary schemes return ``(cos, sin)`` tables, bias schemes return additive score biases.
+the stack builds them once (:func:`self_attention_context`, or :func:`cached_attention_context` when it
+continues from a KV cache) and every attention block reads them from an :class:`AttentionContext`.
+Position blocks implement :class:`Position`: absolute schemes add to the embeddings, rotary schemes
+return ``(cos, sin)`` tables, bias schemes return additive score biases.
+
+Generation keeps a :class:`StackCache` per causal stack: for each layer, the cache of every block that
+declares ``needs = ("context", "cache")`` (a :class:`KVCache` for self-attention, a :class:`MemoryKV` for
+cross-attention), how many *slots* are filled, and, once a call brought padding, which slots hold real
+tokens. Slots and positions differ only under left padding: a row's position is the number of its real
+tokens before it, so a left-padded row computes what it computes alone. Masks and score biases use slots
+(their differences equal position differences for real tokens); embeddings and rotary tables use positions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,33 +33,59 @@ class AttentionContext:
             ``F.scaled_dot_product_attention``: ``None``, a boolean mask (True = may attend) or an additive
             float mask, broadcastable to ``[B, H, Tq, Tk]``.
         is_causal: when a mask is ``None``, whether to pass ``is_causal=True`` to SDPA.
-        rope: ``(cos, sin)`` tables ``[Tq, rot_dim]`` for the query positions, or ``None``.
+        rope: ``(cos, sin)`` tables for the query positions, ``[Tq, rot_dim]`` (or ``[B, 1, Tq, rot_dim]`` with
+            per-row positions), or ``None``.
         memory_mask: the cross-attention mask ``[B, 1, 1, Tk]`` (True = may attend), or ``None``.
+        offset: with a KV cache, the number of slots filled before this call; the queries are slots
+            ``offset .. offset + Tq - 1`` and the keys slots ``key_start[window] .. offset + Tq - 1``.
+        key_start: with a KV cache, per window, the first cached slot any query of this call may see (the masks
+            of that window start there too). Unused without a cache.
+        record: when not ``None``, attention blocks compute their weights explicitly and store them here,
+            ``record[block] = [B, H, Tq, Tk]`` (see :mod:`tfgraph.attention_maps`).
     """
 
     masks: dict[int | None, Tensor | None] = field(default_factory=lambda: {None: None})
     is_causal: bool = False
     rope: tuple[Tensor, Tensor] | None = None
     memory_mask: Tensor | None = None
+    offset: int = 0
+    key_start: dict[int | None, int] = field(default_factory=dict)
+    record: dict[nn.Module, Tensor] | None = None
 
 
 class Position(nn.Module):
     """Base of position blocks; on its own it encodes no position (``none`` registers a subclass).
 
-    A subclass overrides whichever of the three hooks its scheme uses.
+    A subclass overrides whichever of the three hooks its scheme uses. ``positions`` are ``[T]`` (every row
+    alike, the common case) or ``[B, T]`` (per row, under left padding).
     """
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Absolute schemes add to the embeddings. x: [B, T, d_model], positions: [T] -> [B, T, d_model]."""
+        """Absolute schemes add to the embeddings. x: [B, T, d_model], positions: [T] or [B, T] -> [B, T, d_model]."""
         return x
 
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
-        """Rotary schemes return ``(cos, sin)``, each ``[T, rot_dim]``, for the query positions."""
+        """Rotary schemes return ``(cos, sin)``, each ``[T, rot_dim]`` (``[B, 1, T, rot_dim]`` for [B, T] positions)."""
         return None
 
     def score_bias(self, q_pos: Tensor, k_pos: Tensor, *, causal: bool) -> Tensor | None:
-        """Bias schemes return an additive score bias ``[1, H, Tq, Tk]``."""
+        """Bias schemes return an additive score bias ``[1, H, Tq, Tk]`` for query and key slots ``[Tq]``, ``[Tk]``."""
         return None
+
+
+def _allowed(q_pos: Tensor, k_pos: Tensor, *, causal: bool, window: int | None, key_mask: Tensor | None) -> Tensor:
+    """Which key slots each query slot may attend to: ``[Tq, Tk]``, or ``[B, 1, Tq, Tk]`` with a key mask.
+
+    A query always attends to its own slot, so no row is empty (a padded query would otherwise produce NaN
+    that leaks into real tokens through later layers).
+    """
+    rel = q_pos[:, None] - k_pos[None, :]  # query minus key
+    allowed = rel >= 0 if causal else torch.ones_like(rel, dtype=torch.bool)
+    if window is not None:
+        allowed = allowed & ((rel < window) if causal else (rel.abs() < window))
+    if key_mask is not None:
+        allowed = (allowed & key_mask[:, None, None, :].bool()) | (rel == 0)
+    return allowed
 
 
 def self_attention_context(
@@ -60,18 +95,17 @@ def self_attention_context(
     causal: bool,
     padding_mask: Tensor | None = None,
     windows: Iterable[int | None] = (None,),
+    rope_positions: Tensor | None = None,
 ) -> AttentionContext:
-    """Build the context of a self-attention stack.
+    """Build the context of a self-attention stack over a whole sequence (no cache).
 
     Args:
         position: the stack's position block.
-        positions: ``[T]`` absolute positions of the tokens (queries and keys).
+        positions: ``[T]`` slots of the tokens (queries and keys), ``0 .. T-1``.
         causal: whether a token may only attend to itself and earlier tokens.
         padding_mask: ``[B, T]``, 1 for tokens and 0 for padding, or ``None``.
         windows: the sliding windows used by the stack's attention blocks (``None`` = global).
-
-    A token always attends to itself, so no row of a mask is empty (a padded query would otherwise
-    produce NaN that leaks into real tokens through later layers).
+        rope_positions: the positions rotary tables are taken at, ``[T]`` or ``[B, T]`` (default ``positions``).
     """
     bias = position.score_bias(positions, positions, causal=causal)
     masks: dict[int | None, Tensor | None] = {}
@@ -79,18 +113,162 @@ def self_attention_context(
         if window is None and padding_mask is None and bias is None:
             masks[window] = None  # the SDPA fast path (is_causal) needs no tensor
             continue
-        rel = positions[:, None] - positions[None, :]  # query minus key: [T, T]
-        allowed = torch.ones_like(rel, dtype=torch.bool)
-        if causal:
-            allowed = rel >= 0
-        if window is not None:
-            allowed = allowed & ((rel < window) if causal else (rel.abs() < window))
-        if padding_mask is not None:
-            allowed = (allowed & padding_mask[:, None, None, :].bool()) | (rel == 0)
+        allowed = _allowed(positions, positions, causal=causal, window=window, key_mask=padding_mask)
         masks[window] = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
-    return AttentionContext(masks=masks, is_causal=causal, rope=position.rotary(positions))
+    rope = position.rotary(positions if rope_positions is None else rope_positions)
+    return AttentionContext(masks=masks, is_causal=causal, rope=rope)
+
+
+def cached_attention_context(
+    position: Position,
+    *,
+    offset: int,
+    length: int,
+    positions: Tensor,
+    key_mask: Tensor | None,
+    windows: Iterable[int | None],
+) -> AttentionContext:
+    """Build the context of a causal stack that continues from a KV cache.
+
+    The ``length`` new tokens are slots ``offset .. offset + length - 1`` and attend to the cached slots before them.
+    No mask is built where none is needed: a one-token step without padding and score bias has none (a window is
+    applied by ``key_start`` alone), and a first chunk without padding, bias or a binding window uses SDPA's
+    ``is_causal``.
+
+    Args:
+        position: the stack's position block.
+        offset: slots already filled.
+        length: new tokens in this call.
+        positions: ``[length]`` or ``[B, length]`` positions of the new tokens (for rotary tables).
+        key_mask: ``[B, >= offset + length]`` True for slots holding real tokens, or ``None`` (no padding so far).
+        windows: the sliding windows used by the stack's attention blocks (``None`` = global).
+    """
+    end = offset + length
+    q_pos = torch.arange(offset, end, device=positions.device)
+    k_pos = torch.arange(end, device=positions.device)
+    bias = position.score_bias(q_pos, k_pos, causal=True)
+    plain = bias is None and key_mask is None
+    masks: dict[int | None, Tensor | None] = {}
+    key_start: dict[int | None, int] = {}
+    for window in windows:
+        start = 0 if window is None else max(0, offset + 1 - window)  # the first query sees no earlier key
+        key_start[window] = start
+        if plain and (length == 1 or (offset == 0 and (window is None or window >= length))):
+            masks[window] = None
+            continue
+        keys = None if key_mask is None else key_mask[:, start:end]
+        allowed = _allowed(q_pos, k_pos[start:], causal=True, window=window, key_mask=keys)
+        masks[window] = allowed if bias is None else bias[..., start:].masked_fill(~allowed, float("-inf"))
+    return AttentionContext(
+        masks=masks,
+        is_causal=offset == 0 and length > 1,  # SDPA's is_causal aligns the top-left corner: right only from slot 0
+        rope=position.rotary(positions),
+        offset=offset,
+        key_start=key_start,
+    )
 
 
 def memory_mask(padding_mask: Tensor | None) -> Tensor | None:
     """Cross-attention mask ``[B, 1, 1, Tk]`` from the encoder's ``[B, Tk]`` padding mask."""
     return None if padding_mask is None else padding_mask[:, None, None, :].bool()
+
+
+# --------------------------------------------------------------------------------------------------- caches
+
+
+class KVCache:
+    """The keys and values of one self-attention block, preallocated for ``max_len`` slots and written in place.
+
+    Attributes:
+        k: ``[B, n_kv_heads, max_len, head_dim]`` (after qk-norm and rotary, as attention scores them).
+        v: ``[B, n_kv_heads, max_len, head_dim]``.
+    """
+
+    def __init__(
+        self, batch: int, n_kv_heads: int, head_dim: int, max_len: int, *, dtype: torch.dtype, device: Any
+    ) -> None:
+        self.k = torch.empty(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+
+    def update(self, k: Tensor, v: Tensor, offset: int) -> tuple[Tensor, Tensor]:
+        """Write ``k, v`` ``[B, H_kv, T, hd]`` at slots ``offset ..``; return all filled slots ``[B, H_kv, offset + T, hd]``."""
+        end = offset + k.shape[2]
+        self.k[:, :, offset:end] = k
+        self.v[:, :, offset:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index: Tensor, length: int) -> None:
+        """Rows take the filled slots of rows ``index`` ``[B]`` (beam search)."""
+        self.k[:, :, :length] = self.k[index, :, :length]
+        self.v[:, :, :length] = self.v[index, :, :length]
+
+
+class MemoryKV:
+    """The keys and values a cross-attention block projects from the encoder memory, computed once per sequence.
+
+    Attributes:
+        k: ``[B, n_kv_heads, S, head_dim]``, or ``None`` before the first call.
+        v: ``[B, n_kv_heads, S, head_dim]``, or ``None`` before the first call.
+    """
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def reorder(self, index: Tensor, length: int) -> None:
+        """Rows take the memory of rows ``index`` ``[B]`` (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k[index], self.v[index]
+
+
+class StackCache:
+    """What a causal stack remembers between calls while generating.
+
+    Attributes:
+        layers: per layer, the caches of its blocks that need one (in the layer's node order).
+        max_len: slots allocated.
+        length: slots filled so far (the offset of the next call's first token).
+        key_mask: ``[B, max_len]`` True for slots holding real tokens; ``None`` until a call brings padding.
+        next_position: ``[B]`` each row's next position; ``None`` until a call brings padding (then position and
+            slot may differ).
+    """
+
+    def __init__(self, layers: list[list[Any]], max_len: int) -> None:
+        self.layers = layers
+        self.max_len = max_len
+        self.length = 0
+        self.key_mask: Tensor | None = None
+        self.next_position: Tensor | None = None
+
+    def positions(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """Positions of the ``T`` new tokens of ``x`` ``[B, T, ...]``, recording their padding ``[B, T]`` (1 = token).
+
+        ``[T]`` slots while no call brought padding; ``[B, T]`` afterwards, counting each row's real tokens.
+        """
+        batch, length = x.shape[:2]
+        offset = self.length
+        if offset + length > self.max_len:
+            raise ValueError(f"the KV cache holds {self.max_len} slots; {offset} are filled and {length} more came")
+        if padding_mask is None and self.key_mask is None:
+            return torch.arange(offset, offset + length, device=x.device)
+        if self.key_mask is None:  # the first padded call: every earlier slot held a token
+            self.key_mask = torch.ones(batch, self.max_len, dtype=torch.bool, device=x.device)
+            self.next_position = torch.full((batch,), offset, dtype=torch.long, device=x.device)
+        real = (
+            torch.ones(batch, length, dtype=torch.bool, device=x.device)
+            if padding_mask is None
+            else padding_mask.bool()
+        )
+        self.key_mask[:, offset : offset + length] = real
+        positions = self.next_position[:, None] + real.long().cumsum(1) - 1
+        self.next_position = self.next_position + real.sum(1)
+        return positions.clamp(min=0)  # leading padding sits at position 0 (it is masked anyway)
+
+    def reorder(self, index: Tensor) -> None:
+        """Row ``i`` continues from row ``index[i]`` (beam search keeps the best continuations)."""
+        for entries in self.layers:
+            for entry in entries:
+                entry.reorder(index, self.length)
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask[index]
+            self.next_position = self.next_position[index]

@@ -41,7 +41,7 @@ class LearnedPosition(Position):
         nn.init.normal_(self.table.weight, std=0.02)  # GPT-2's initialisation
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: [B, T, d_model], positions: [T] -> [B, T, d_model]."""
+        """x: [B, T, d_model], positions: [T] or [B, T] -> [B, T, d_model]."""
         return x + self.table(positions)
 
 
@@ -72,7 +72,7 @@ class SinusoidalPosition(Position):
         self.register_buffer("table", sinusoid_table(max_len, d_model), persistent=False)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: [B, T, d_model], positions: [T] -> [B, T, d_model]."""
+        """x: [B, T, d_model], positions: [T] or [B, T] -> [B, T, d_model]."""
         return x + self.table[positions].to(x.dtype)
 
 
@@ -113,8 +113,11 @@ class RotaryPosition(Position):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions: [T] -> ``(cos, sin)``, each [T, rot_dim]."""
-        return self.cos[positions], self.sin[positions]
+        """positions: [T] -> ``(cos, sin)``, each [T, rot_dim]; per-row positions [B, T] -> each [B, 1, T, rot_dim]."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:  # one table per row, broadcast over the heads
+            return cos[:, None], sin[:, None]
+        return cos, sin
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -122,8 +125,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Args:
         x: [B, H, T, head_dim] queries or keys.
-        cos: [T, rot_dim] from :meth:`RotaryPosition.rotary`.
-        sin: [T, rot_dim].
+        cos: [T, rot_dim] (or [B, 1, T, rot_dim]) from :meth:`RotaryPosition.rotary`.
+        sin: like ``cos``.
 
     Returns:
         [B, H, T, head_dim], in the dtype of ``x``.

@@ -7,6 +7,10 @@ The model call of the public contract::
 returns next-token logits ``[B, T, vocab]`` for decoder_only and encoder_decoder (over the decoder
 positions), and hidden states ``[B, T, d_model]`` for encoder_only. Masks are ``[B, T]`` with 1 for tokens
 and 0 for padding.
+
+Generation continues a causal stack from a KV cache (``model.new_cache(batch)``, then ``cache=...`` on each
+call with only the new tokens); see :class:`~tfgraph.blocks.context.StackCache` for how slots, positions and
+padding are kept.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tfgraph.blocks.context import Position, memory_mask, self_attention_context
+from tfgraph.blocks.context import (
+    Position,
+    StackCache,
+    cached_attention_context,
+    memory_mask,
+    self_attention_context,
+)
 from tfgraph.graph import LayerGraph
 
 
@@ -27,7 +37,16 @@ class Stack(nn.Module):
     and hands it to every layer.
 
     forward(x: [B, T, d_model], padding_mask: [B, T] | None, memory: [B, S, d_model] | None,
-    memory_padding_mask: [B, S] | None) -> [B, T, d_model]
+    memory_padding_mask: [B, S] | None, *, position_ids: [T] | [B, T] | None, cache: StackCache | None)
+    -> [B, T, d_model]
+
+    Without a cache, tokens are slots ``0 .. T-1`` and, unless ``position_ids`` says otherwise (left padding),
+    at those positions. With a cache (from :meth:`new_cache`), ``x`` holds only the new tokens, which continue
+    after the cached ones; ``padding_mask`` then covers the new tokens only.
+
+    Attributes:
+        record: ``None``, or a dict into which every attention block stores its weights on each forward
+            (set by :func:`tfgraph.attention_maps.attention_weights`).
     """
 
     def __init__(
@@ -49,6 +68,20 @@ class Stack(nn.Module):
         self.causal = causal
         attention = [m for m in self.layers.modules() if "context" in getattr(type(m), "needs", ())]
         self.windows = tuple(dict.fromkeys(getattr(m, "window", None) for m in attention)) or (None,)
+        self.record: dict[nn.Module, Tensor] | None = None
+
+    def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> StackCache:
+        """An empty cache of ``max_len`` slots for ``batch`` rows, for a causal stack whose attention keeps one."""
+        if not self.causal:
+            raise ValueError("only a causal stack continues from a KV cache (a bidirectional one re-reads everything)")
+        blocking = [f"layers.{i}.{name}" for i, layer in enumerate(self.layers) for name in layer.uncacheable()]
+        if blocking:
+            raise ValueError(
+                f"{', '.join(blocking)} take the attention context but keep no cache (they declare no 'cache' in "
+                "`needs`); generate without the cache (use_cache=False)"
+            )
+        layers = [layer.new_cache(batch, max_len, dtype=dtype, device=device) for layer in self.layers]
+        return StackCache(layers, max_len)
 
     def forward(
         self,
@@ -56,18 +89,64 @@ class Stack(nn.Module):
         padding_mask: Tensor | None = None,
         memory: Tensor | None = None,
         memory_padding_mask: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cache: StackCache | None = None,
     ) -> Tensor:
+        if cache is not None:
+            return self._continue(x, padding_mask, memory, memory_padding_mask, position_ids, cache)
         positions = torch.arange(x.shape[1], device=x.device)
-        x = self.position.embed(x, positions)
+        x = self.position.embed(x, positions if position_ids is None else position_ids)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.drop(x)
         ctx = self_attention_context(
-            self.position, positions, causal=self.causal, padding_mask=padding_mask, windows=self.windows
+            self.position,
+            positions,
+            causal=self.causal,
+            padding_mask=padding_mask,
+            windows=self.windows,
+            rope_positions=position_ids,
         )
         ctx.memory_mask = memory_mask(memory_padding_mask)
+        ctx.record = self.record
         for layer in self.layers:
             x = layer(x, ctx, memory)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+    def _continue(
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None,
+        memory: Tensor | None,
+        memory_padding_mask: Tensor | None,
+        position_ids: Tensor | None,
+        cache: StackCache,
+    ) -> Tensor:
+        """The forward of new tokens after the cached ones; the cache takes their keys and values."""
+        if position_ids is not None:
+            raise ValueError("with a cache, positions follow from the cache and the padding masks; drop position_ids")
+        offset, length = cache.length, x.shape[1]
+        positions = cache.positions(x, padding_mask)
+        x = self.position.embed(x, positions)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = self.drop(x)
+        ctx = cached_attention_context(
+            self.position,
+            offset=offset,
+            length=length,
+            positions=positions,
+            key_mask=cache.key_mask,
+            windows=self.windows,
+        )
+        ctx.memory_mask = memory_mask(memory_padding_mask)
+        ctx.record = self.record
+        for layer, entries in zip(self.layers, cache.layers, strict=True):
+            x = layer(x, ctx, memory, entries)
+        cache.length = offset + length
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x
@@ -102,6 +181,33 @@ class Transformer(nn.Module):
         """Trainable parameters, each shared tensor counted once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> StackCache:
+        """An empty KV cache for the decoder stack of a generative model.
+
+        Args:
+            batch_size: rows of the batch that will be generated.
+            max_len: slots (tokens fed to the decoder, all calls together); default ``model.max_len``.
+            dtype: of the cached keys and values; default the embedding's.
+            device: default the embedding's.
+        """
+        decoder = getattr(self, "decoder", None)
+        if not isinstance(decoder, Stack):
+            raise ValueError(f"a {self.topology} model has no decoder to generate with, so it keeps no KV cache")
+        weight = next(self.embedding.parameters())
+        return decoder.new_cache(
+            batch_size,
+            self.spec.sizes["max_len"] if max_len is None else max_len,
+            dtype=weight.dtype if dtype is None else dtype,
+            device=weight.device if device is None else device,
+        )
+
 
 class DecoderOnly(Transformer):
     """A causal stack with a language-model head (GPT, Llama)."""
@@ -119,11 +225,26 @@ class DecoderOnly(Transformer):
         decoder_input_ids: Tensor | None = None,
         decoder_attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cache: StackCache | None = None,
+        logits_to_keep: int | None = None,
     ) -> Tensor:
-        """input_ids: [B, T] -> next-token logits [B, T, vocab]."""
+        """input_ids: [B, T] -> next-token logits [B, T, vocab].
+
+        Args:
+            input_ids: [B, T] tokens; with a cache, the new tokens only.
+            attention_mask: [B, T] 1 for tokens, 0 for padding (with a cache: of the new tokens).
+            position_ids: [T] or [B, T] positions (default ``0 .. T-1``; left padding needs its own per row, e.g.
+                ``(attention_mask.cumsum(1) - 1).clamp(min=0)``). Not with a cache, which counts them itself.
+            cache: a :meth:`new_cache` to continue from and append to.
+            logits_to_keep: compute the logits of the last this many positions only ([B, logits_to_keep, vocab]).
+        """
         if decoder_input_ids is not None or decoder_attention_mask is not None:
             raise ValueError("a decoder_only model reads input_ids (and attention_mask) only; it has no decoder inputs")
-        h = self.decoder(self.embed(input_ids, token_type_ids), attention_mask)
+        h = self.decoder(self.embed(input_ids, token_type_ids), attention_mask, position_ids=position_ids, cache=cache)
+        if logits_to_keep is not None:
+            h = h[:, -logits_to_keep:]
         return self.head(h)
 
 
@@ -170,9 +291,19 @@ class EncoderDecoder(Transformer):
         memory: Tensor,
         attention_mask: Tensor | None = None,
         decoder_attention_mask: Tensor | None = None,
+        *,
+        cache: StackCache | None = None,
+        logits_to_keep: int | None = None,
     ) -> Tensor:
-        """decoder_input_ids: [B, T], memory: [B, S, d_model] -> logits [B, T, vocab]."""
-        h = self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, memory, attention_mask)
+        """decoder_input_ids: [B, T], memory: [B, S, d_model] -> logits [B, T, vocab].
+
+        With a ``cache`` (:meth:`new_cache`), ``decoder_input_ids`` are the new tokens only and the cross-attention
+        keys and values of ``memory`` are computed on the first call and reused after. ``logits_to_keep``: compute
+        the logits of the last this many positions only.
+        """
+        h = self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, memory, attention_mask, cache=cache)
+        if logits_to_keep is not None:
+            h = h[:, -logits_to_keep:]
         return self.head(h)
 
     def forward(

@@ -1,0 +1,106 @@
+"""A batch of sequences being generated: feeds the model and returns next-token logits, whatever the topology.
+
+:class:`Session` hides the difference between a decoder-only model (continue the prompt) and an encoder-decoder
+(encode the source once; the decoder starts from a start token), and between decoding with the KV cache (feed
+only the new token) and without it (re-run the whole sequence, the reference the cache is checked against).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def left_padding_positions(attention_mask: Tensor) -> Tensor:
+    """Per-row positions of a left-padded batch: ``[B, T]``, counting each row's real tokens from 0."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+class Session:
+    """The model state of one generation: a batch of rows, each a prompt (or source) and the tokens fed so far.
+
+    ``first()`` reads the prompts (or the start token) and returns the next-token logits; each ``step(tokens)``
+    feeds one more token per row and returns the logits after it; ``reorder(index)`` lets rows continue from other
+    rows (beam search).
+
+    Args:
+        model: a tfgraph ``decoder_only`` or ``encoder_decoder`` model.
+        input_ids: [B, T] prompts (decoder-only, left-padded) or sources (encoder-decoder).
+        attention_mask: [B, T] 1 for tokens, 0 for padding, or ``None`` for none.
+        max_new_tokens: how many tokens will be generated at most (sizes the cache).
+        use_cache: keep a KV cache and feed only new tokens; otherwise re-run every fed token at each step.
+        decoder_start_token_id: the decoder's first token (encoder-decoder only).
+        expand: repeat every row this many times (beams or samples of one input); an encoder runs once per input.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        *,
+        max_new_tokens: int,
+        use_cache: bool,
+        decoder_start_token_id: int | None = None,
+        expand: int = 1,
+    ) -> None:
+        self.model = model
+        self.use_cache = use_cache
+        self.encoder_decoder = model.topology == "encoder_decoder"
+        if self.encoder_decoder:
+            if decoder_start_token_id is None:
+                raise ValueError("an encoder_decoder model needs decoder_start_token_id (its decoder's first token)")
+            memory = model.encode(input_ids, attention_mask)
+            self.memory = memory.repeat_interleave(expand, dim=0) if expand > 1 else memory
+            self.memory_mask = None
+            if attention_mask is not None:
+                self.memory_mask = attention_mask.repeat_interleave(expand, dim=0) if expand > 1 else attention_mask
+            batch = self.memory.shape[0]
+            self.tokens = torch.full((batch, 1), decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+            self.mask = self.positions = None
+            fed = max_new_tokens  # the start token and every generated token but the last
+        else:
+            if expand > 1:
+                input_ids = input_ids.repeat_interleave(expand, dim=0)
+                attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(expand, dim=0)
+            self.tokens = input_ids
+            self.mask = attention_mask
+            self.positions = None if attention_mask is None else left_padding_positions(attention_mask)
+            fed = input_ids.shape[1] + max_new_tokens - 1
+        self.cache = model.new_cache(self.tokens.shape[0], fed) if use_cache else None
+
+    def first(self) -> Tensor:
+        """The next-token logits [B, V] after the prompt (or the start token)."""
+        return self._logits(self.tokens, self.mask)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed one token per row ([B]); the next-token logits [B, V]."""
+        tokens = tokens[:, None]
+        if self.use_cache:
+            return self._logits(tokens, None)
+        self.tokens = torch.cat((self.tokens, tokens), dim=1)  # without a cache, every step re-reads them all
+        if self.mask is not None:
+            self.mask = torch.cat((self.mask, torch.ones_like(tokens)), dim=1)
+            self.positions = torch.cat((self.positions, self.positions[:, -1:] + 1), dim=1)
+        return self._logits(self.tokens, self.mask)
+
+    def reorder(self, index: Tensor) -> None:
+        """Row ``i`` continues from row ``index[i]`` ([B], beam search)."""
+        if not self.use_cache:
+            self.tokens = self.tokens[index]
+        if self.mask is not None:
+            self.mask, self.positions = self.mask[index], self.positions[index]
+        if self.encoder_decoder:
+            self.memory = self.memory[index]
+            self.memory_mask = None if self.memory_mask is None else self.memory_mask[index]
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+    def _logits(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        if self.encoder_decoder:
+            logits = self.model.decode(tokens, self.memory, self.memory_mask, cache=self.cache, logits_to_keep=1)
+        elif self.use_cache:
+            logits = self.model(tokens, mask, cache=self.cache, logits_to_keep=1)
+        else:
+            logits = self.model(tokens, mask, position_ids=self.positions, logits_to_keep=1)
+        return logits[:, -1]
