@@ -1,0 +1,279 @@
+"""What every task shares: the model built from a plain config, the topology check, heads from the registry,
+the train/val/test loop with metrics, the MoE loss, optimizers and checkpoints that hold plain containers only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+
+from tfgraph.data.tokenizers import Tokenizer
+from tfgraph.models import Transformer, build_model
+from tfgraph.models.build import init_weights
+from tfgraph.registry import ConfigError, Problems, bind, lookup
+from tfgraph.tasks.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
+
+STAGES = ("val", "test")  # stages with epoch-level metrics (training logs per step)
+DEFAULT_OPTIMIZER = {"name": "adamw"}
+# tiny presets of each topology, named in the message that refuses a task/topology pair
+EXAMPLE_PRESETS = {
+    "decoder_only": ("gpt2_tiny", "llama_tiny"),
+    "encoder_only": ("bert_tiny",),
+    "encoder_decoder": ("transformer_tiny", "t5_tiny"),
+}
+
+
+@dataclass
+class StepOutput:
+    """One batch through a task: the mean loss over ``count`` predictions, and what the metrics need."""
+
+    loss: Tensor
+    count: int
+    logits: Tensor | None = None
+    labels: Tensor | None = None
+
+
+class Task(pl.LightningModule):
+    """A model, a head, a loss and metrics for one task.
+
+    Every constructor argument is a plain container (dict, list, str, number), so that
+    ``save_hyperparameters()`` puts nothing else into a checkpoint and the checkpoint alone rebuilds the task:
+    ``type(task)(**checkpoint["hyper_parameters"])``.
+
+    Args:
+        model: the resolved model config (``tfgraph.build_model`` builds it); ``vocab_size`` must cover the
+            tokenizer's.
+        tokenizer: the tokenizer as JSON (``Tokenizer.to_json()``).
+        label_names: class or tag names (classification and tagging tasks).
+        optimizer: ``{name: adamw, lr: ..., ...}`` (see :mod:`tfgraph.tasks.optim`).
+        scheduler: ``{name: cosine, warmup_steps: ..., ...}``, or ``None`` for a constant learning rate.
+        data: the data config the task was trained with; not used by the task, kept in the checkpoint so that
+            evaluation can rebuild the splits.
+        aux_loss_weight: weight of the model's mixture-of-experts load-balancing loss in the training loss.
+    """
+
+    name: ClassVar[str]
+    topologies: ClassVar[dict[str, str]]  # the topologies that fit, and how the task uses each
+    perplexity: ClassVar[bool] = False  # whether the loss is a per-token LM loss (logs exp(loss) as perplexity)
+
+    def __init__(
+        self,
+        *,
+        model: dict[str, Any],
+        tokenizer: str,
+        label_names: list[str] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        aux_loss_weight: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        check_plain(dict(self.hparams), "task")
+        self.check_topology(model.get("topology"))
+        check_optimizer(optimizer or DEFAULT_OPTIMIZER)
+        if scheduler is not None:
+            check_scheduler(scheduler)
+        self.tokenizer = Tokenizer.from_json(tokenizer)
+        if model.get("vocab_size", 0) < self.tokenizer.vocab_size:
+            raise ConfigError(
+                [
+                    (
+                        "model.vocab_size",
+                        f"{model.get('vocab_size')} is smaller than the tokenizer's {self.tokenizer.vocab_size} ids",
+                    )
+                ]
+            )
+        self.model: Transformer = build_model(model)
+        self.label_names = list(label_names) if label_names is not None else None
+        self.metrics = nn.ModuleDict(
+            {stage: nn.ModuleDict({"loss": MeanMetric(), **self.make_metrics()}) for stage in STAGES}
+        )
+
+    # ------------------------------------------------------------------------------------------ building
+
+    @classmethod
+    def check_topology(cls, topology: str | None) -> None:
+        """Raise a ConfigError unless the task fits the topology, saying which topologies fit."""
+        if topology in cls.topologies:
+            return
+        fits = "; ".join(
+            f"{t} ({how}), e.g. " + " or ".join(f"model={p}" for p in EXAMPLE_PRESETS.get(t, ()))
+            for t, how in cls.topologies.items()
+        )
+        raise ConfigError(
+            [("model.topology", f"task {cls.name} does not fit a model of topology {topology}. It fits: {fits}")]
+        )
+
+    def require_labels(self) -> list[str]:
+        """The label names, which a classification task cannot do without."""
+        if not self.label_names or len(self.label_names) < 2:
+            raise ConfigError(
+                [("data", f"task {self.name} needs at least two label names from the data, got {self.label_names}")]
+            )
+        return self.label_names
+
+    def build_head(self, cfg: Mapping[str, Any] | None, default: str, **sizes: int) -> nn.Module:
+        """A registered head block from a task config (``{block: name, <its own options>}``).
+
+        Model-level sizes and ``sizes`` (``n_labels``) reach it by parameter name; its weights are initialised
+        as the model's.
+        """
+        options = dict(cfg or {})
+        name = options.pop("block", None) or default
+        problems = Problems()
+        cls = lookup("head", name, "task.head.block", problems)
+        problems.raise_if_any()
+        kwargs = bind(cls, options, context={**self.model.spec.sizes, **sizes}, path="task.head", problems=problems)
+        problems.raise_if_any()
+        head = cls(**kwargs)
+        init_weights(head, self.model.spec.init_std)
+        return head
+
+    def make_metrics(self) -> dict[str, Metric]:
+        """The task's val/test metrics besides the loss (one fresh set per stage)."""
+        return {}
+
+    # --------------------------------------------------------------------------------------------- steps
+
+    def compute(self, batch: dict[str, Tensor], stage: str, batch_idx: int) -> StepOutput:
+        """Run one batch: the loss and what the metrics need."""
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: nn.ModuleDict, batch: dict[str, Tensor], out: StepOutput) -> None:
+        """Update the task's own val/test metrics (the loss is done)."""
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.compute(batch, "train", batch_idx)
+        loss = out.loss
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        if self.perplexity:
+            self.log("train/perplexity", out.loss.detach().exp(), batch_size=size)
+        aux = self.model.aux_loss()
+        if aux is not None:
+            self.log("train/aux_loss", aux, batch_size=size)
+            loss = loss + self.hparams.aux_loss_weight * aux
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", batch_idx)
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str, batch_idx: int) -> None:
+        out = self.compute(batch, stage, batch_idx)
+        metrics = self.metrics[stage]
+        metrics["loss"].update(out.loss.detach(), weight=out.count)
+        self.update_metrics(metrics, batch, out)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def _log_epoch(self, stage: str) -> None:
+        for name, metric in self.metrics[stage].items():
+            if not metric.update_called:
+                continue
+            value = metric.compute()
+            for key, v in value.items() if isinstance(value, dict) else [(name, value)]:
+                self.log(f"{stage}/{key}", v.float(), prog_bar=key == "loss", sync_dist=True)
+            if name == "loss" and self.perplexity:
+                self.log(f"{stage}/perplexity", value.exp(), sync_dist=True)
+            metric.reset()
+
+    # ------------------------------------------------------------------------------- optimisation, saving
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self, self.hparams.optimizer or DEFAULT_OPTIMIZER)
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ConfigError(
+                [("trainer.max_steps", "the learning-rate schedule needs the run's length: set trainer.max_steps")]
+            )
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tfgraph"] = {"task": self.name}
+
+    # ----------------------------------------------------------------------------------------- helpers
+
+    def check_length(self, length: int) -> None:
+        """Refuse sequences longer than the model's positions reach."""
+        max_len = self.model.spec.sizes["max_len"]
+        if length > max_len:
+            raise ValueError(
+                f"task {self.name}: a sequence of {length} tokens exceeds model.max_len={max_len}; "
+                "raise model.max_len or give the data shorter sequences"
+            )
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """The last layer's states ``[B, T, d_model]`` of an encoder_only or decoder_only model (no LM head)."""
+        self.check_length(input_ids.shape[1])
+        attention_mask = no_full_mask(attention_mask)
+        if self.model.topology == "encoder_only":
+            return self.model(input_ids, attention_mask=attention_mask)
+        return self.model.decoder(self.model.embed(input_ids), attention_mask)
+
+    def drop_lm_head(self) -> None:
+        """Remove a decoder's LM head that the task does not use (no unused parameters under DDP, no dead
+        weights in checkpoints)."""
+        if getattr(self.model, "head", None) is not None:
+            self.model.head = None
+
+
+def no_full_mask(mask: Tensor | None) -> Tensor | None:
+    """``None`` for a mask without padding, so attention can take its fast unmasked (causal) path."""
+    return None if mask is not None and bool(mask.all()) else mask
+
+
+def token_loss(logits: Tensor, labels: Tensor) -> StepOutput:
+    """Mean cross-entropy over the labels that are not -100. logits: [..., C], labels: [...]."""
+    count = int((labels != -100).sum())
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    if count == 0:  # nothing to predict in this batch: a zero loss that still reaches every logit
+        loss = logits.sum() * 0.0
+    return StepOutput(loss=loss, count=count, logits=logits, labels=labels)
+
+
+def token_accuracy(metric: Metric, out: StepOutput) -> None:
+    """Update a MeanMetric with the top-1 accuracy of the labelled positions of ``out``."""
+    keep = out.labels != -100
+    if keep.any():
+        metric.update((out.logits.argmax(dim=-1)[keep] == out.labels[keep]).float())
+
+
+def check_plain(value: Any, path: str) -> None:
+    """Raise TypeError unless ``value`` is made of dicts with str keys, lists, tuples, str, numbers and None."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{path}: a task takes plain containers only; key {key!r} is not a string")
+            check_plain(item, f"{path}.{key}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain(item, f"{path}[{i}]")
+        return
+    raise TypeError(
+        f"{path}: a task takes plain containers only (dict, list, str, numbers), so that its checkpoints load "
+        f"with torch.load(weights_only=True); got {type(value).__name__}"
+    )

@@ -1,0 +1,76 @@
+"""Metrics torchmetrics has no equal for, as torchmetrics ``Metric`` s so they sync across processes.
+
+- :class:`EntityF1`: entity-level precision, recall and F1 with exact span match, as conlleval (spans found
+  by seqeval's ``get_entities``).
+- :class:`CorpusScore`: sacrebleu's corpus BLEU or chrF, from summed sufficient statistics (so a corpus split
+  over batches and processes scores exactly as ``sacrebleu.corpus_bleu`` on the whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+from seqeval.metrics.sequence_labeling import get_entities
+from torch import Tensor
+from torchmetrics import Metric
+
+
+class EntityF1(Metric):
+    """Micro-averaged entity precision, recall and F1 over BIO (or IOB1/IOE) tag sequences.
+
+    An entity counts as correct only when its type, start and end all match (conlleval's rule).
+    ``update(preds, target)`` takes lists of tag sequences; ``compute()`` returns
+    ``{"precision", "recall", "f1"}``.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("predicted", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("actual", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[Sequence[str]], target: Sequence[Sequence[str]]) -> None:
+        for pred_tags, true_tags in zip(preds, target, strict=True):
+            pred = set(get_entities(list(pred_tags)))
+            true = set(get_entities(list(true_tags)))
+            self.correct += len(pred & true)
+            self.predicted += len(pred)
+            self.actual += len(true)
+
+    def compute(self) -> dict[str, Tensor]:
+        precision = self.correct / self.predicted.clamp(min=1)
+        recall = self.correct / self.actual.clamp(min=1)
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        return {"precision": precision.float(), "recall": recall.float(), "f1": f1.float()}
+
+
+class CorpusScore(Metric):
+    """sacrebleu's corpus BLEU or chrF (default settings, 0-100) over the strings of every update.
+
+    Args:
+        metric: ``bleu`` (13a tokenisation, exponential smoothing) or ``chrf`` (character 6-grams, beta 2).
+
+    ``update(preds, target)`` takes hypothesis strings and one reference string each.
+    """
+
+    full_state_update = False
+
+    def __init__(self, metric: Literal["bleu", "chrf"]) -> None:
+        super().__init__()
+        self.scorer = {"bleu": BLEU, "chrf": CHRF}[metric]()
+        n_stats = len(self.scorer._extract_corpus_statistics(["a"], [["a"]])[0])
+        self.add_state("stats", torch.zeros(n_stats, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        stats = self.scorer._extract_corpus_statistics(list(preds), [list(target)])
+        if stats:
+            self.stats += torch.tensor(stats, dtype=torch.long, device=self.stats.device).sum(dim=0)
+
+    def compute(self) -> Tensor:
+        score = self.scorer._compute_score_from_stats([int(s) for s in self.stats.tolist()])
+        return torch.tensor(score.score, dtype=torch.float32)

@@ -1,0 +1,126 @@
+"""Optimizers and learning-rate schedules from plain config dicts (``optimizer: {name: adamw, lr: ...}``).
+
+Checked strictly like blocks: an unknown name or key is a :class:`~tfgraph.ConfigError` naming its config path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from tfgraph.registry import ConfigError, suggest
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+def constant_schedule(step: int, *, total_steps: int, warmup_steps: int = 0) -> float:
+    """Linear warmup to the peak learning rate, then constant."""
+    return min(1.0, (step + 1) / (warmup_steps + 1))
+
+
+def linear_schedule(step: int, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
+    """Linear warmup, then linear decay to ``min_lr_ratio`` times the peak at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
+
+
+def cosine_schedule(step: int, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` times the peak at ``total_steps`` (nanoGPT's)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+SCHEDULES: dict[str, Callable[..., float]] = {
+    "cosine": cosine_schedule,
+    "linear": linear_schedule,
+    "constant": constant_schedule,
+}
+
+
+def keyword_params(fn: Callable[..., Any]) -> list[str]:
+    """The parameters of a function or class that a config may set by keyword."""
+    return [
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name not in ("self", "step", "params")
+    ]
+
+
+def check_keys(given: Mapping[str, Any], allowed: Iterable[str], path: str) -> None:
+    """Raise one ConfigError naming every key of ``given`` not in ``allowed`` (with close matches)."""
+    allowed = list(allowed)
+    problems = [
+        (f"{path}.{key}", f"unknown option{suggest(key, allowed)}; options are {', '.join(allowed) or 'none'}")
+        for key in given
+        if key not in allowed
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def _named(table: Mapping[str, Any], cfg: Mapping[str, Any], path: str) -> tuple[Any, dict[str, Any]]:
+    options = dict(cfg)
+    name = options.pop("name", None)
+    if name not in table:
+        raise ConfigError(
+            [(f"{path}.name", f"unknown {path} {name!r}{suggest(str(name), table)}; choose one of {', '.join(table)}")]
+        )
+    return table[name], options
+
+
+def check_optimizer(cfg: Mapping[str, Any]) -> None:
+    """Check an optimizer config without building anything."""
+    cls, options = _named(OPTIMIZERS, cfg, "optimizer")
+    check_keys(options, keyword_params(cls), "optimizer")
+
+
+def check_scheduler(cfg: Mapping[str, Any]) -> None:
+    """Check a scheduler config without building anything."""
+    fn, options = _named(SCHEDULES, cfg, "scheduler")
+    check_keys(options, [p for p in keyword_params(fn) if p != "total_steps"], "scheduler")
+
+
+def build_optimizer(module: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer a config names, with weight decay on matrices only (not on biases, norms or gains).
+
+    Args:
+        module: whose trainable parameters are optimised (each shared tensor once).
+        cfg: ``{name: adamw | adam | sgd, lr: ..., weight_decay: ..., <the optimizer's own options>}``.
+    """
+    check_optimizer(cfg)
+    cls, options = _named(OPTIMIZERS, cfg, "optimizer")
+    weight_decay = options.pop("weight_decay", 0.0)
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return cls([g for g in groups if g["params"]], **options)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], total_steps: int) -> LambdaLR:
+    """A per-step schedule: the learning rate is the optimizer's ``lr`` times the schedule's factor.
+
+    Args:
+        optimizer: the optimizer to schedule.
+        cfg: ``{name: cosine | linear | constant, warmup_steps: ..., min_lr_ratio: ...}``.
+        total_steps: optimizer steps of the whole run (the end of the decay).
+    """
+    check_scheduler(cfg)
+    fn, options = _named(SCHEDULES, cfg, "scheduler")
+    return LambdaLR(optimizer, partial(fn, total_steps=total_steps, **options))
