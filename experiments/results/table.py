@@ -21,7 +21,9 @@ def measured(name, m):
         return (f"test exact match {fmt(m, 'test/exact_match', 100, 1)}% (val {fmt(m, 'val/exact_match', 100, 1)}%), "
                 f"test chrF {fmt(m, 'test/chrf', 1, 1)}")
     if name == "shakespeare_char":
-        bpc = lambda k: f"{m[k] / math.log(2):.3f}" if k in m else "-"
+        def bpc(k):
+            return f"{m[k] / math.log(2):.3f}" if k in m else "-"
+
         return (f"val loss {fmt(m, 'val/loss')} nats/char = {bpc('val/loss')} bits/char; "
                 f"test loss {fmt(m, 'test/loss')} = {bpc('test/loss')} bits/char")
     if name == "ptb_word":
