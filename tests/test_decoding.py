@@ -10,14 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import build
 from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tfgraph.decoding import (
-    decode_layout,
     generate,
     min_p_filter,
+    onednn_linear,
     repetition_penalty,
     sampling_scores,
     top_k_filter,
@@ -297,19 +298,21 @@ def test_generation_leaves_the_model_mode_alone():
     assert model.training
 
 
-def test_decode_layout_changes_memory_order_only():
+def test_onednn_linear_computes_f_linear():
+    x, weight, bias = torch.randn(2, 3, 16), torch.randn(8, 16), torch.randn(8)
+    with torch.no_grad(), onednn_linear():
+        routed = (F.linear(x, weight, bias), F.linear(x, weight), F.linear(x[0, :1], nn.Parameter(weight)))
+    expected = (F.linear(x, weight, bias), F.linear(x, weight), F.linear(x[0, :1], weight))
+    for got, want in zip(routed, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    leaf = nn.Parameter(weight.clone())
+    with onednn_linear():  # autograd wanted: PyTorch's own kernel, gradients flow
+        F.linear(x, leaf).sum().backward()
+    assert leaf.grad is not None
+
     model = build(["model=gpt2_tiny", "model.init_std=0.1"])
     prompt = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
-    before = generate(model, prompt, max_new_tokens=6, output_logits=True)
-    params = dict(model.named_parameters())
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert decode_layout(model) is model
-    assert dict(model.named_parameters()) == params  # the same parameter objects
-    assert model.head.weight is model.embedding.weight  # still tied
-    assert model.decoder.layers[0].attn.qkv.weight.t().is_contiguous()
-    assert model.head.weight.t().is_contiguous()
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, state[name]), name
-    after = generate(model, prompt, max_new_tokens=6, output_logits=True)
-    assert torch.equal(after.sequences, before.sequences)
-    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=1e-5)
+    fast = generate(model, prompt, max_new_tokens=6, output_logits=True)
+    plain = generate(model, prompt, max_new_tokens=6, output_logits=True, fast_cpu_linear=False)
+    assert torch.equal(fast.sequences, plain.sequences)
+    torch.testing.assert_close(fast.logits, plain.logits, rtol=0, atol=1e-5)

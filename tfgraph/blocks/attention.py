@@ -141,7 +141,8 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:  # attend to every cached slot the window reaches: [B, H_kv, S, hd]
             k, v = cache.update(k, v, ctx.offset)
             start = ctx.key_start[self.window]
-            k, v = k[:, :, start:], v[:, :, start:]
+            if start:
+                k, v = k[:, :, start:], v[:, :, start:]
         mask = _as_mask(ctx.masks[self.window], q)
         is_causal = mask is None and ctx.is_causal
         if ctx.record is not None:

@@ -9,17 +9,17 @@ See :func:`generate`; the loops are in :mod:`tfgraph.decoding.search`, the score
 """
 
 from tfgraph.decoding.api import GenerateOutput, generate
-from tfgraph.decoding.layout import decode_layout
+from tfgraph.decoding.cpu import onednn_linear
 from tfgraph.decoding.logits import min_p_filter, repetition_penalty, sampling_scores, top_k_filter, top_p_filter
 from tfgraph.decoding.session import Session, left_padding_positions
 
 __all__ = [
     "GenerateOutput",
     "Session",
-    "decode_layout",
     "generate",
     "left_padding_positions",
     "min_p_filter",
+    "onednn_linear",
     "repetition_penalty",
     "sampling_scores",
     "top_k_filter",

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from tfgraph.decoding.cpu import onednn_linear
 from tfgraph.decoding.logits import sampling_scores
 from tfgraph.decoding.search import SeenTokens, beam_search, token_search
 from tfgraph.decoding.session import Session
@@ -60,12 +61,14 @@ def generate(
     generator: torch.Generator | None = None,
     streamer: Callable[[Tensor], None] | None = None,
     output_logits: bool = False,
+    fast_cpu_linear: bool = True,
 ) -> GenerateOutput:
     """Generate tokens from a tfgraph model (``decoder_only``: continue the prompts; ``encoder_decoder``: decode
     from the sources, starting with ``decoder_start_token_id``).
 
     The model runs in eval mode for the call (its mode is restored after). Batched prompts of a decoder-only model
-    are left-padded, with ``attention_mask`` marking the padding; each row then computes what it would alone.
+    are left-padded, with ``attention_mask`` marking the padding; each row then computes what it would alone. A float32
+    model on CPU runs its linear layers on oneDNN's multi-threaded kernel (:mod:`tfgraph.decoding.cpu`).
 
     Args:
         model: a ``decoder_only`` or ``encoder_decoder`` tfgraph model.
@@ -94,6 +97,8 @@ def generate(
         generator: sample only: the generator to draw with (instead of ``seed``).
         streamer: greedy and sample: called after each step with the new tokens [B * num_return_sequences].
         output_logits: greedy and sample: also return every step's logits.
+        fast_cpu_linear: run a float32 CPU model's ``F.linear`` on oneDNN (:func:`onednn_linear`); ``False`` keeps
+            PyTorch's default kernel (the results differ by float rounding only).
 
     Returns:
         A :class:`GenerateOutput`.
@@ -129,7 +134,9 @@ def generate(
         length_penalty = 1.0 if length_penalty is None else length_penalty
         early_stopping = False if early_stopping is None else early_stopping
     expand = num_beams if strategy == "beam" else num_return_sequences
-    with _eval_mode(model):
+    weight = next(model.parameters(), None)
+    on_cpu = fast_cpu_linear and weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+    with _eval_mode(model), onednn_linear(on_cpu):
         session = Session(
             model,
             input_ids,
