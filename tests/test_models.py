@@ -154,6 +154,10 @@ def test_topologies_refuse_the_wrong_inputs():
         build(["model=gpt2_tiny"])(
             torch.zeros(1, 4, dtype=torch.long), decoder_input_ids=torch.zeros(1, 4, dtype=torch.long)
         )
+    with pytest.raises(ValueError, match="encoder_only model reads input_ids"):
+        build(["model=bert_tiny"])(
+            torch.zeros(1, 4, dtype=torch.long), decoder_attention_mask=torch.ones(1, 4, dtype=torch.long)
+        )
 
 
 def test_bert_token_types_change_the_output():

@@ -28,6 +28,7 @@ from tfgraph.data.examples import (
     Examples,
     LabeledExamples,
     PairExamples,
+    ResumableLoader,
     TaggedExamples,
     TextExamples,
     hold_out,
@@ -213,10 +214,12 @@ class ExamplesDataModule(pl.LightningDataModule):
         dataset = self.datasets.get(split)
         if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
             return []  # Lightning skips an empty loader list
-        sampler = None
-        if split == "train":  # the order follows the training seed (seed_everything) and the epoch: resumable
+        sampler, loader_class = None, DataLoader
+        if split == "train":  # the order follows the training seed (seed_everything) and the epoch: resumable,
+            # also from a checkpoint taken mid-epoch
             sampler = EpochShuffle(len(dataset), torch.initial_seed() % 2**62)  # type: ignore[arg-type]
-        return DataLoader(
+            loader_class = ResumableLoader
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tfgraph.data.errors import DataError
 from tfgraph.data.tokenizers import Tokenizer
@@ -90,6 +90,36 @@ class EpochShuffle(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that Lightning saves and restores mid-epoch (its ``state_dict`` /
+    ``load_state_dict`` protocol), so that a run resumed from a checkpoint taken inside an epoch trains on the
+    batches the interrupted run had not reached yet.
+
+    The state is the number of batches handed out in the current epoch; a restored loader's next epoch skips
+    that many (drawn but not returned, which holds under any sampler, a distributed one included). With
+    :class:`EpochShuffle` the resumed epoch's order is the interrupted one's, so the rest of the run sees the same
+    batches as an uninterrupted run. Takes :class:`torch.utils.data.DataLoader`'s arguments.
+    """
+
+    batches_yielded = 0  # in the epoch being iterated (or the last one, once it ended)
+    _skip = 0  # batches the next iteration skips (set by load_state_dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        self.batches_yielded = 0
+        for batch in super().__iter__():
+            self.batches_yielded += 1
+            if self.batches_yielded > skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        done = self.batches_yielded
+        return {"batches_yielded": done if done < len(self) else 0}  # a finished epoch resumes with a new one
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = int(state.get("batches_yielded", 0))
 
 
 def pad(rows: Sequence[Sequence[int] | torch.Tensor], value: int) -> torch.Tensor:

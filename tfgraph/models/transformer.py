@@ -172,6 +172,17 @@ class Transformer(nn.Module):
             x = x + self.token_type(token_type_ids)
         return x
 
+    def logits(self, h: Tensor, logits_to_keep: int | None = None) -> Tensor:
+        """The head on hidden states [B, T, d_model]; of the last ``logits_to_keep`` positions only if given."""
+        return self.head(h if logits_to_keep is None else h[:, -logits_to_keep:])
+
+    def check_single_stack(self, decoder_input_ids: Tensor | None, decoder_attention_mask: Tensor | None) -> None:
+        """Refuse decoder inputs given to a model with one stack."""
+        if decoder_input_ids is not None or decoder_attention_mask is not None:
+            raise ValueError(
+                f"a {self.topology} model reads input_ids (and attention_mask) only; it has no decoder inputs"
+            )
+
     def aux_loss(self) -> Tensor | None:
         """The sum of the load-balancing losses of the last forward's mixture-of-experts blocks, if any."""
         losses = [m.aux_loss for m in self.modules() if isinstance(getattr(m, "aux_loss", None), Tensor)]
@@ -240,12 +251,9 @@ class DecoderOnly(Transformer):
             cache: a :meth:`new_cache` to continue from and append to.
             logits_to_keep: compute the logits of the last this many positions only ([B, logits_to_keep, vocab]).
         """
-        if decoder_input_ids is not None or decoder_attention_mask is not None:
-            raise ValueError("a decoder_only model reads input_ids (and attention_mask) only; it has no decoder inputs")
+        self.check_single_stack(decoder_input_ids, decoder_attention_mask)
         h = self.decoder(self.embed(input_ids, token_type_ids), attention_mask, position_ids=position_ids, cache=cache)
-        if logits_to_keep is not None:
-            h = h[:, -logits_to_keep:]
-        return self.head(h)
+        return self.logits(h, logits_to_keep)
 
 
 class EncoderOnly(Transformer):
@@ -266,8 +274,7 @@ class EncoderOnly(Transformer):
         token_type_ids: Tensor | None = None,
     ) -> Tensor:
         """input_ids: [B, T] -> hidden states [B, T, d_model]."""
-        if decoder_input_ids is not None or decoder_attention_mask is not None:
-            raise ValueError("an encoder_only model reads input_ids (and attention_mask) only; it has no decoder")
+        self.check_single_stack(decoder_input_ids, decoder_attention_mask)
         return self.encoder(self.embed(input_ids, token_type_ids), attention_mask)
 
 
@@ -302,9 +309,7 @@ class EncoderDecoder(Transformer):
         the logits of the last this many positions only.
         """
         h = self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, memory, attention_mask, cache=cache)
-        if logits_to_keep is not None:
-            h = h[:, -logits_to_keep:]
-        return self.head(h)
+        return self.logits(h, logits_to_keep)
 
     def forward(
         self,

@@ -141,6 +141,16 @@ class Task(pl.LightningModule):
         """The task's val/test metrics besides the loss (one fresh set per stage)."""
         return {}
 
+    def metric_names(self, stage: str) -> list[str]:
+        """What the task logs as ``<stage>/<name>`` (``train``, ``val`` or ``test``)."""
+        names = ["loss"] + (["perplexity"] if self.perplexity else [])
+        if stage == "train":
+            has_aux = any(hasattr(m, "aux_loss") for m in self.model.modules() if m is not self.model)
+            return names + (["aux_loss"] if has_aux else [])
+        for name, metric in self.metrics["val"].items():
+            names += [] if name == "loss" else list(getattr(metric, "keys", (name,)))
+        return names
+
     # --------------------------------------------------------------------------------------------- steps
 
     def compute(self, batch: dict[str, Tensor], stage: str, batch_idx: int) -> StepOutput:
@@ -198,7 +208,9 @@ class Task(pl.LightningModule):
         optimizer = build_optimizer(self, self.hparams.optimizer or DEFAULT_OPTIMIZER)
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
-        total = self.trainer.estimated_stepping_batches
+        # max_steps when set: asking the trainer to estimate makes it build the train loader before a resumed
+        # run's state is restored, and Lightning then drops the loader's mid-epoch position
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ConfigError(
                 [("trainer.max_steps", "the learning-rate schedule needs the run's length: set trainer.max_steps")]

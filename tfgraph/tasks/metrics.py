@@ -27,6 +27,7 @@ class EntityF1(Metric):
     """
 
     full_state_update = False
+    keys = ("precision", "recall", "f1")  # what compute() returns, each logged as <stage>/<key>
 
     def __init__(self) -> None:
         super().__init__()
