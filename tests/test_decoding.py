@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,9 @@ from torch import nn
 from tests.conftest import build
 from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tfgraph.decoding import (
+    cpu,
     generate,
+    generate_windowed,
     min_p_filter,
     onednn_linear,
     repetition_penalty,
@@ -268,6 +271,35 @@ def test_beam_search_with_cache_equals_without(preset):
     assert (cached.scores[0::2] >= cached.scores[1::2]).all()  # best first
 
 
+def test_windowed_generation_slides_past_the_context_with_one_generator():
+    model = toy({1: {2: 0.6}, 2: {3: 0.6}, 3: {1: 0.6}}, vocab=5)  # a cycle; the next token depends on the last only
+    prompt = torch.tensor([[1, 2]])
+    read: list[int] = []  # how many tokens each forward reads
+    model.register_forward_hook(lambda module, args, out: read.append(args[0].shape[1]))
+    for settings in ({}, {"strategy": "sample", "seed": 3}):
+        whole = generate(model, prompt, max_new_tokens=30, use_cache=False, **settings)
+        steps: list[torch.Tensor] = []
+        read.clear()
+        windowed = generate_windowed(
+            model, prompt, max_new_tokens=30, context=8, use_cache=False, streamer=steps.append, **settings
+        )
+        # a chunk of 6 tokens after the prompt, then chunks of 4 from the last 4 of 8: never more than the context
+        assert read == [2, 3, 4, 5, 6, 7] + [4, 5, 6, 7] * 6
+        assert torch.equal(windowed.sequences, whole.sequences)  # one random stream, as in one call
+        assert torch.equal(torch.cat(steps), whole.sequences[0])
+
+
+def test_windowed_generation_refuses_what_cannot_run_in_chunks():
+    model = toy(CHAIN)
+    rows = torch.tensor([[1, 2], [4, 5]])
+    fits = generate_windowed(model, rows, max_new_tokens=4, context=8, use_cache=False)  # as generate() when it fits
+    assert torch.equal(fits.sequences, generate(model, rows, max_new_tokens=4, use_cache=False).sequences)
+    with pytest.raises(ValueError, match="runs in chunks of one sequence"):
+        generate_windowed(model, rows, max_new_tokens=10, context=8, use_cache=False)
+    with pytest.raises(ValueError, match="runs in chunks of one sequence"):
+        generate_windowed(model, rows[:1], max_new_tokens=10, context=8, strategy="beam", use_cache=False)
+
+
 # -------------------------------------------------------------------------------------------------------- errors
 
 
@@ -316,3 +348,47 @@ def test_onednn_linear_computes_f_linear():
     plain = generate(model, prompt, max_new_tokens=6, output_logits=True, fast_cpu_linear=False)
     assert torch.equal(fast.sequences, plain.sequences)
     torch.testing.assert_close(fast.logits, plain.logits, rtol=0, atol=1e-5)
+
+
+def fast_and_plain(model: nn.Module) -> tuple:
+    prompt = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
+    return (
+        generate(model, prompt, max_new_tokens=6, output_logits=True),
+        generate(model, prompt, max_new_tokens=6, output_logits=True, fast_cpu_linear=False),
+    )
+
+
+def assert_same(a, b) -> None:
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-5)
+
+
+def test_a_build_without_the_onednn_kernel_decodes_with_f_linear(monkeypatch):
+    monkeypatch.setattr(cpu, "onednn_available", lambda: False)  # another torch version, a CPU without it
+    assert isinstance(onednn_linear(), nullcontext)
+    assert_same(*fast_and_plain(build(["model=gpt2_tiny", "model.init_std=0.1"])))
+
+
+def failing_kernel(*args, **kwargs):
+    raise RuntimeError("oneDNN: unsupported on this CPU")
+
+
+def test_an_onednn_kernel_that_raises_falls_back_to_f_linear(monkeypatch):
+    if not cpu.onednn_available():
+        pytest.skip("this PyTorch build has no working oneDNN linear kernel")
+    model = build(["model=gpt2_tiny", "model.init_std=0.1"])
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", failing_kernel)
+    mode = onednn_linear()  # the probe said yes before the kernel broke: the mode is on, and falls back at once
+    assert isinstance(mode, cpu.OneDNNLinear)
+    x, weight = torch.randn(3, 16), torch.randn(8, 16)
+    with torch.no_grad(), mode:
+        torch.testing.assert_close(F.linear(x, weight), x @ weight.T)
+    assert mode.failed
+    assert_same(*fast_and_plain(model))
+
+    cpu.onednn_available.cache_clear()  # probed afresh, the kernel is found wanting
+    try:
+        assert not cpu.onednn_available()
+        assert isinstance(onednn_linear(), nullcontext)
+    finally:
+        cpu.onednn_available.cache_clear()

@@ -1,4 +1,4 @@
-"""Tasks in isolation: metrics against their references, BERT masking, sampling, heads, pooling, options."""
+"""Tasks in isolation: metrics against their references, BERT masking, generation, heads, pooling, options."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 
 import tfgraph
 from tfgraph.data import build_tokenizer
-from tfgraph.generation import sample
 from tfgraph.registry import names
 from tfgraph.tasks import TASKS, build_task
 from tfgraph.tasks.base import check_plain
@@ -128,44 +127,65 @@ def test_masked_lm_head_is_a_registered_block_tied_to_the_embedding() -> None:
     assert {"mlm_head", "pooled_classifier", "linear_classifier"} <= set(names("head"))
 
 
-# ---------------------------------------------------------------------------------------------- sampling
+# -------------------------------------------------------------------------------------------- generation
 
 
-def test_greedy_sampling_is_the_argmax_loop_and_top_k_1_is_greedy() -> None:
-    task = make_task("causal_lm", "gpt2_tiny")
+def greedy_loop(model, prompt: list[int], steps: int, window: int | None = None, keep: int = 0) -> list[int]:
+    """The argmax of a full forward, token after token; once the sequence holds `window` tokens, it goes on from its
+    last `keep` (what generate_windowed does)."""
+    seq, new = list(prompt), []
+    for _ in range(steps):
+        if window is not None and len(seq) >= window:
+            seq = seq[-keep:]
+        seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+        new.append(seq[-1])
+    return new
+
+
+def test_causal_lm_generates_greedily_by_default_and_slides_past_its_trained_context() -> None:
+    task = make_task("causal_lm", "gpt2_tiny", "model.init_std=0.2")
     model = task.model.eval()
-    prompt = ids("abc")
-    seq = prompt
-    for _ in range(6):
-        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(sample(model, prompt, 6, temperature=0), seq[:, 3:])
-    assert torch.equal(sample(model, prompt, 6, temperature=1.0, top_k=1), seq[:, 3:])
-    g = torch.Generator().manual_seed(0)
-    drawn = sample(model, prompt, 6, temperature=1.0, generator=g)
-    assert drawn.shape == (1, 6) and torch.equal(
-        drawn, sample(model, prompt, 6, 1.0, generator=torch.Generator().manual_seed(0))
-    )
+    prompt = TOKENIZER.encode("abc")
+    expected = TOKENIZER.decode(greedy_loop(model, prompt, 6))
+    assert task.generate("abc", max_new_tokens=6, eos_token_id=None) == "abc" + expected
+    task.trained_context.fill_(7)  # trained on windows of 8 tokens: a sequence holds at most 8
+    assert task.generation_context == 8
+    expected = TOKENIZER.decode(greedy_loop(model, prompt, 20, window=8, keep=4))
+    assert task.generate("abc", max_new_tokens=20, eos_token_id=None) == "abc" + expected
+    drawn = [task.generate("abc", 20, strategy="sample", temperature=2.0, seed=s, eos_token_id=None) for s in (0, 0, 1)]
+    assert drawn[0] == drawn[1] != drawn[2] and drawn[0].startswith("abc")
 
 
-def test_sampling_stops_at_eos_and_decodes_encoder_decoders() -> None:
-    task = make_task("seq2seq", "transformer_tiny", "model.n_decoder_layers=1")
+def test_causal_lm_stops_at_eos_and_starts_an_empty_prompt_from_bos() -> None:
+    task = make_task("causal_lm", "gpt2_tiny", "model.init_std=0.2")
+    first = greedy_loop(task.model.eval(), [TOKENIZER.bos_id], 1)[0]
+    assert task.generate("", max_new_tokens=5, eos_token_id=None).startswith(TOKENIZER.decode([first]))
+    assert task.generate("", max_new_tokens=5, eos_token_id=first) == TOKENIZER.decode([first])  # stopped there
+
+
+@pytest.mark.parametrize("preset", ["transformer_tiny", "gpt2_tiny"])
+def test_seq2seq_translates_greedily_up_to_eos(preset: str) -> None:
+    task = make_task("seq2seq", preset, "model.n_decoder_layers=1", "model.init_std=0.2")
     model = task.model.eval()
-    src = ids("hello")
-    out = sample(model, src, 5, temperature=0, decoder_start_id=TOKENIZER.bos_id)
-    dec = torch.tensor([[TOKENIZER.bos_id]])
-    for _ in range(5):
-        dec = torch.cat([dec, model(src, decoder_input_ids=dec)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, dec[:, 1:])
-    first = int(out[0, 0])
-    stopped = sample(model, src, 5, temperature=0, decoder_start_id=TOKENIZER.bos_id, eos_id=first)
-    assert stopped.tolist() == [[first]]
-    with pytest.raises(ValueError, match="no language-model head"):
-        sample(make_task("masked_lm", "bert_tiny").model, src, 3)
-
-
-def test_causal_lm_generates_text_after_its_prompt() -> None:
-    text = make_task("causal_lm", "gpt2_tiny").generate("ab", max_new_tokens=5, temperature=0)
-    assert text.startswith("ab") and len(text) <= 7
+    eos, pad = TOKENIZER.eos_id, TOKENIZER.pad_id
+    sources = [TOKENIZER.encode(w) for w in ("hello", "ab", "world!")]
+    length = max(map(len, sources))
+    batch = {
+        "input_ids": torch.tensor([s + [pad] * (length - len(s)) for s in sources]),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sources]),
+        "labels": torch.tensor([[7, eos]] * 3),  # 2 tokens: at most 2 * 2 + 8 = 12 decoded
+    }
+    expected = []
+    for source in sources:
+        if model.topology == "encoder_decoder":  # the decoder from <bos>, the source read once
+            dec = [TOKENIZER.bos_id]
+            for _ in range(12):
+                dec.append(int(model(torch.tensor([source]), decoder_input_ids=torch.tensor([dec]))[0, -1].argmax()))
+            new = dec[1:]
+        else:  # a prefix LM continues `source <eos>`
+            new = greedy_loop(model, source + [eos], 12)
+        expected.append(TOKENIZER.decode(new[: new.index(eos)] if eos in new else new))
+    assert task.translate(batch) == expected
 
 
 # ------------------------------------------------------------------------------------------ the tasks' inputs

@@ -174,7 +174,13 @@ def plot_heads(
 
 
 def attention_report(
-    model: nn.Module, tokens: list[str], input_ids: Tensor, out_dir: str | Path, *, top: int = 3
+    model: nn.Module,
+    tokens: list[str],
+    input_ids: Tensor,
+    out_dir: str | Path,
+    *,
+    top: int = 3,
+    layers: Sequence[int] | None = None,
 ) -> str:
     """Heatmaps of every self-attention layer for one sequence, and the tokens each token attends to most.
 
@@ -188,16 +194,25 @@ def attention_report(
         input_ids: [T] or [1, T].
         out_dir: where the PNGs go (created).
         top: keys listed per token.
+        layers: the indices of the layers to report (``None``: all).
+
+    Raises:
+        ValueError: as many tokens as ids are needed; a layer the model does not have.
     """
     ids = input_ids.reshape(1, -1)
     if ids.shape[1] != len(tokens):
         raise ValueError(f"{len(tokens)} tokens for {ids.shape[1]} input ids")
-    weights = attention_weights(model, ids)
+    # self-attention only: cross-attention weights are not over these tokens
+    weights = {name: w for name, w in attention_weights(model, ids).items() if w.shape[-1] == len(tokens)}
+    if layers is not None:
+        have = sorted({_layer_index(name) for name in weights})
+        missing = sorted(set(layers) - set(have))
+        if missing:
+            raise ValueError(f"no layer {', '.join(map(str, missing))}; the model's layers are {have[0]} to {have[-1]}")
+        weights = {name: w for name, w in weights.items() if _layer_index(name) in layers}
     out_dir = Path(out_dir)
     lines, summary = [], []
     for name, w in weights.items():
-        if w.shape[-1] != len(tokens):  # cross-attention of another sequence; not of these tokens
-            continue
         path = plot_heads(w[0], tokens, tokens, out_dir / f"{name}.png", title=name)
         lines.append(f"wrote {path}")
         summary.append(f"{name} (mean of {w.shape[1]} heads):")
@@ -205,3 +220,8 @@ def attention_report(
             read = ", ".join(f"{key!r} {v:.2f}" for key, v in keys if v > 0)  # masked keys are no answer
             summary.append(f"  {query!r:>14} -> {read}")
     return "\n".join(lines + summary)
+
+
+def _layer_index(block_name: str) -> int:
+    """``decoder.layers.3.attn`` -> 3."""
+    return int(block_name.split(".layers.")[1].split(".")[0])

@@ -6,20 +6,29 @@
 
 See :func:`generate`; the loops are in :mod:`tfgraph.decoding.search`, the score processing in
 :mod:`tfgraph.decoding.logits`, and what feeds the model in :mod:`tfgraph.decoding.session`.
+:func:`generate_windowed` goes on past the model's context (:mod:`tfgraph.decoding.window`), and
+:func:`generate_text` takes and returns text (:mod:`tfgraph.decoding.text`).
 """
 
 from tfgraph.decoding.api import GenerateOutput, generate
 from tfgraph.decoding.cpu import onednn_linear
 from tfgraph.decoding.logits import min_p_filter, repetition_penalty, sampling_scores, top_k_filter, top_p_filter
-from tfgraph.decoding.session import Session, left_padding_positions
+from tfgraph.decoding.session import Session, left_padding_positions, pad_prompts
+from tfgraph.decoding.text import Completion, TextStreamer, generate_text
+from tfgraph.decoding.window import generate_windowed
 
 __all__ = [
+    "Completion",
     "GenerateOutput",
     "Session",
+    "TextStreamer",
     "generate",
+    "generate_text",
+    "generate_windowed",
     "left_padding_positions",
     "min_p_filter",
     "onednn_linear",
+    "pad_prompts",
     "repetition_penalty",
     "sampling_scores",
     "top_k_filter",

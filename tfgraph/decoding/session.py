@@ -7,8 +7,24 @@ only the new token) and without it (re-run the whole sequence, the reference the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
+
+
+def pad_prompts(rows: Sequence[Sequence[int] | Tensor], pad_id: int, *, left: bool = True) -> tuple[Tensor, Tensor]:
+    """Rows of token ids of different lengths as one batch: ``([B, T] ids, [B, T] mask)``, padded with ``pad_id``
+    on the left (prompts a decoder continues) or on the right (sources of an encoder)."""
+    rows = [torch.as_tensor(row, dtype=torch.long) for row in rows]
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=rows[0].device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        where = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, where] = row
+        mask[i, where] = 1
+    return ids, mask
 
 
 def left_padding_positions(attention_mask: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
-from tfgraph.generation import sample
+from tfgraph.decoding import generate_text
 from tfgraph.registry import ConfigError
 from tfgraph.tasks.base import StepOutput, Task, no_full_mask, token_accuracy, token_loss
 
@@ -52,18 +52,35 @@ class CausalLM(Task):
     def update_metrics(self, metrics: nn.ModuleDict, batch: dict[str, Tensor], out: StepOutput) -> None:
         token_accuracy(metrics["accuracy"], out)
 
-    def generate(
-        self, prompt: str = "", max_new_tokens: int = 200, temperature: float = 1.0, top_k: int | None = None
-    ) -> str:
-        """Continue ``prompt`` (from ``<bos>`` when it is empty) and return the prompt and its continuation."""
-        ids = self.tokenizer.encode(prompt) or [self.tokenizer.bos_id]
-        was_training = self.training
-        self.eval()
-        context = int(self.trained_context) or None
-        prompt_ids = torch.tensor([ids], device=self.device)
-        new = sample(self.model, prompt_ids, max_new_tokens, temperature, top_k, max_context=context)
-        self.train(was_training)
-        return prompt + self.tokenizer.decode(new[0].tolist())
+    @property
+    def generation_context(self) -> int:
+        """The most tokens :meth:`generate` holds in a sequence: one more than the trained context (the model does
+        not read the last token), at most ``max_len``."""
+        max_len = int(self.model.spec.sizes["max_len"])
+        trained = int(self.trained_context)
+        return min(trained + 1, max_len) if trained else max_len
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 200, **options: Any) -> str:
+        """Continue ``prompt`` (from ``<bos>`` when it is empty) and return the prompt and its continuation.
+
+        Generation stops at ``<eos>``; a sequence longer than :attr:`generation_context` slides a window along
+        (see :func:`tfgraph.decoding.generate_windowed`).
+
+        Args:
+            prompt: the text to continue.
+            max_new_tokens: the most tokens to add.
+            **options: the decoding settings of :func:`tfgraph.decoding.generate`: ``strategy`` (default
+                ``"greedy"``), ``temperature``, ``top_k``, ``top_p``, ``seed``, ``use_cache``, ...
+        """
+        (completion,) = generate_text(
+            self.model,
+            self.tokenizer,
+            [prompt],
+            max_new_tokens=max_new_tokens,
+            context=self.generation_context,
+            **options,
+        )[0]
+        return prompt + completion.text
 
 
 class MaskedLM(Task):

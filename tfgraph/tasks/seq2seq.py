@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
-from tfgraph.generation import sample
+from tfgraph.decoding import generate, pad_prompts
 from tfgraph.tasks.base import StepOutput, Task, token_accuracy, token_loss
 from tfgraph.tasks.metrics import CorpusScore
 
@@ -44,6 +43,8 @@ class Seq2Seq(Task):
         super().__init__(**common)
 
     def make_metrics(self) -> dict[str, Metric]:
+        if not self.hparams.generate:
+            return {"accuracy": MeanMetric()}
         return {
             "accuracy": MeanMetric(),
             "bleu": CorpusScore("bleu"),
@@ -120,30 +121,19 @@ class Seq2Seq(Task):
         """Greedy outputs for the sources of a batch, decoded to strings (up to the first ``<eos>``)."""
         longest = int((batch["labels"] != -100).sum(dim=1).max())
         max_new = self.hparams.max_new_tokens or 2 * longest + 8
-        eos = self.tokenizer.eos_id
+        max_len = self.model.spec.sizes["max_len"]
+        bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
         if self.model.topology == "encoder_decoder":
-            new = sample(
-                self.model,
-                batch["input_ids"],
-                max_new,
-                temperature=0,
-                attention_mask=batch.get("attention_mask"),
-                decoder_start_id=self.tokenizer.bos_id,
-                eos_id=eos,
-            )
-            outputs = list(new)
-        else:  # prefix LM: continue `source <eos>`, rows of one prompt length together
+            sources, mask = batch["input_ids"], batch.get("attention_mask")
+            options = {"decoder_start_token_id": bos, "max_new_tokens": min(max_new, max_len)}
+        else:  # prefix LM: continue `source <eos>`, left-padded
             prompts = [torch.cat([s, s.new_tensor([eos])]) for s in self._sources(batch)]
-            by_length: dict[int, list[int]] = defaultdict(list)
-            for i, prompt in enumerate(prompts):
-                by_length[len(prompt)].append(i)
-            outputs = [None] * len(prompts)
-            for length, rows in by_length.items():
-                limit = self.model.spec.sizes["max_len"] - length
-                new = sample(self.model, torch.stack([prompts[i] for i in rows]), min(max_new, limit), 0, eos_id=eos)
-                for i, row in zip(rows, new, strict=True):
-                    outputs[i] = row
-        return [self._text(row, eos) for row in outputs]
+            sources, mask = pad_prompts(prompts, self.tokenizer.pad_id)
+            if sources.shape[1] >= max_len:
+                return [""] * len(sources)
+            options = {"max_new_tokens": min(max_new, max_len - sources.shape[1])}
+        new = generate(self.model, sources, mask, strategy="greedy", eos_token_id=eos, **options).sequences
+        return [self._text(row, eos) for row in new]
 
     def _text(self, ids: Tensor, eos: int) -> str:
         ids = ids.tolist()

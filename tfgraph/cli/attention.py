@@ -1,0 +1,33 @@
+"""``tfgraph-attention``: heatmaps of a model's attention over a text (a PNG per layer, a panel per head) and, for
+each token, the tokens it attends to most.
+
+    tfgraph-attention ckpt_path=<run dir>/checkpoints/last.ckpt text="time flies like an arrow"
+    tfgraph-attention model=gpt2_tiny text="time flies like an arrow" layers=[0] out_dir=maps   # random weights
+
+A thin wrapper over :func:`tfgraph.inference.attention_from_config` (see ``conf/attention.yaml``). Exit codes as
+``tfgraph-generate``'s.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from tfgraph.cli import exit_on_config_error
+from tfgraph.config import conf_dir
+
+
+def main() -> None:
+    """The console script: compose the ``attention`` config from the command line and print the report."""
+
+    @hydra.main(config_path=str(conf_dir()), config_name="attention", version_base="1.3")
+    def run(cfg: DictConfig) -> None:
+        from tfgraph.inference import attention_from_config
+
+        print(exit_on_config_error(lambda: attention_from_config(cfg)))
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""Using a trained model: generate text (``tfgraph.generate`` and ``tfgraph-generate``) and look at its attention
+(``tfgraph-attention``), from a checkpoint alone, a task or a model.
+
+    import tfgraph
+    tfgraph.generate("outputs/.../checkpoints/last.ckpt", "ROMEO:", max_new_tokens=100, strategy="sample", seed=0)
+
+:func:`generate_from_config` and :func:`attention_from_config` are the pure functions behind the commands.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor, nn
+
+from tfgraph import decoding
+from tfgraph.attention_maps import attention_report
+from tfgraph.data.tokenizers import KINDS, Tokenizer, build_tokenizer
+from tfgraph.decoding import Completion, generate_text
+from tfgraph.decoding.api import Strategy
+from tfgraph.models import build_model
+from tfgraph.registry import ConfigError, load_plugins, suggest
+from tfgraph.tasks import CausalLM, Task, load_checkpoint, load_task
+
+GENERATIVE_TASKS = ("causal_lm", "seq2seq")
+STRATEGIES = ("greedy", "sample", "beam")
+# the decoding settings tfgraph-generate passes on when set (not null)
+DECODING_KEYS = (
+    "max_new_tokens",
+    "use_cache",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+    "num_return_sequences",
+)
+
+
+# ------------------------------------------------------------------------------------------------ the API
+
+
+def generate(
+    source: nn.Module | Task | str | Path,
+    prompt: str | Sequence[str] | Tensor,
+    *,
+    tokenizer: Tokenizer | None = None,
+    max_new_tokens: int = 64,
+    strategy: Strategy = "greedy",
+    stream: bool | Callable[[str], None] = False,
+    **options: Any,
+) -> str | list[str] | list[list[str]] | decoding.GenerateOutput:
+    """Generate with a model, a task or a checkpoint: text in, text out (or token ids in, token ids out).
+
+    A ``causal_lm`` model continues a prompt (an empty one from ``<bos>``), and only the continuation is returned;
+    a ``seq2seq`` model reads the prompt as its source and returns the output (an encoder-decoder decodes from
+    ``<bos>``; a decoder-only one continues ``source <eos>``). Generation stops at ``<eos>``.
+
+        tfgraph.generate(ckpt, "ROMEO:", max_new_tokens=200, strategy="sample", top_p=0.9, seed=0)   # a str
+        tfgraph.generate(ckpt, ["hello", "world"], strategy="beam", num_beams=4)                    # [str, str]
+        tfgraph.generate(ckpt, "hello", strategy="beam", num_return_sequences=3)                    # [str] * 3
+        tfgraph.generate(ckpt, "ROMEO:", stream=True)     # prints the text as it comes, returns it too
+        tfgraph.generate(model, input_ids, eos_token_id=3)  # a GenerateOutput, as tfgraph.decoding.generate's
+
+    Args:
+        source: a checkpoint path (the task, model and tokenizer are rebuilt from it), a ``causal_lm`` or
+            ``seq2seq`` task, or a ``decoder_only`` / ``encoder_decoder`` model (with ``tokenizer`` for text).
+        prompt: a text, a list of texts, or token ids ``[B, T]`` (decoder-only prompts left-padded, with an
+            ``attention_mask`` among ``options``).
+        tokenizer: the tokenizer of a bare model (a task's or checkpoint's own by default).
+        max_new_tokens: the most tokens to generate per sequence. A causal LM given one prompt goes on past its
+            context with a sliding window (:func:`tfgraph.decoding.generate_windowed`).
+        strategy: ``"greedy"``, ``"sample"`` or ``"beam"``.
+        stream: text only: ``True`` prints each piece of text to stdout as it is generated, a callable receives
+            the pieces (one prompt, ``greedy`` or ``sample``, one sequence).
+        **options: the other settings of :func:`tfgraph.decoding.generate`: ``use_cache``, ``temperature``,
+            ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``num_beams``, ``length_penalty``,
+            ``early_stopping``, ``num_return_sequences``, ``seed``, ``generator``, ``eos_token_id``, ...
+            (stop, padding and start tokens default to the tokenizer's ``<eos>``, ``<pad>`` and ``<bos>``).
+
+    Returns:
+        For a text: its output, or with ``num_return_sequences`` n > 1 a list of n (beam search: best first).
+        For a list of texts: a list of those. For token ids: a :class:`tfgraph.decoding.GenerateOutput`.
+
+    Raises:
+        tfgraph.ConfigError: no checkpoint at ``source``.
+        ValueError: a task or model that does not generate, text without a tokenizer, a setting that does not apply
+            (see :func:`tfgraph.decoding.generate`).
+    """
+    model, tokenizer, settings = _generator(source, tokenizer)
+    if isinstance(prompt, Tensor):
+        if stream is not False:
+            raise ValueError("stream is for text prompts; with token ids give a streamer= callback")
+        defaults = {} if tokenizer is None else _token_defaults(model, tokenizer)
+        options = {**defaults, **options}
+        return decoding.generate_windowed(
+            model, prompt, max_new_tokens=max_new_tokens, strategy=strategy, context=settings["context"], **options
+        )
+    if tokenizer is None:
+        raise ValueError("a text prompt needs a tokenizer: give tokenizer=, or a task or checkpoint (which have one)")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    write = _print_now if stream is True else stream or None
+    completions = generate_text(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, strategy=strategy, stream=write, **settings, **options
+    )
+    texts = [[c.text for c in row] for row in completions]
+    outputs = [row[0] for row in texts] if options.get("num_return_sequences", 1) == 1 else texts
+    return outputs[0] if isinstance(prompt, str) else outputs
+
+
+def _generator(source: nn.Module | Task | str | Path, tokenizer: Tokenizer | None) -> tuple[nn.Module, Any, dict]:
+    """The model, tokenizer and text settings (``prefix_lm``, ``context``) that ``source`` stands for."""
+    if isinstance(source, (str, Path)):
+        source = load_task(load_checkpoint(source))
+    if isinstance(source, Task):
+        if source.name not in GENERATIVE_TASKS:
+            raise ValueError(
+                f"a {source.name} task does not generate text; tasks that do: {', '.join(GENERATIVE_TASKS)}"
+            )
+        model = source.model
+        settings = {
+            "prefix_lm": source.name == "seq2seq" and model.topology == "decoder_only",
+            "context": source.generation_context if isinstance(source, CausalLM) else None,
+        }
+        return model, tokenizer or source.tokenizer, settings
+    if isinstance(source, nn.Module):
+        return source, tokenizer, {"prefix_lm": False, "context": None}
+    raise TypeError(f"generate from a checkpoint path, a task or a model, not a {type(source).__name__}")
+
+
+def _token_defaults(model: nn.Module, tokenizer: Tokenizer) -> dict[str, int]:
+    """Stop, padding and (encoder-decoder) start tokens from the tokenizer."""
+    defaults = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    if model.topology == "encoder_decoder":
+        defaults["decoder_start_token_id"] = tokenizer.bos_id
+    return defaults
+
+
+def _print_now(text: str) -> None:
+    print(text, end="", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- tfgraph-generate
+
+
+def generate_from_config(cfg: DictConfig, out: TextIO | None = None) -> list[list[Completion]]:
+    """Generate what a composed ``generate`` config asks for and write it to ``out`` (default stdout).
+
+    One prompt with ``greedy`` or ``sample`` and one sequence streams: the text is written as it is generated (a
+    causal LM's after its prompt). Otherwise, for each prompt (headed ``> prompt`` when there are several), its
+    output, or its numbered sequences, with their scores for beam search.
+
+    Returns:
+        For each prompt, its completions.
+
+    Raises:
+        tfgraph.ConfigError: no ``ckpt_path`` or no checkpoint there, a checkpoint of a task that does not generate,
+            an unknown ``strategy``, no prompt, a decoding setting that cannot apply (named by its key).
+    """
+    out = out or sys.stdout
+    load_plugins(cfg.get("plugins"), "plugins")
+    task = _load_for(cfg, generative=True)
+    if cfg.strategy not in STRATEGIES:
+        known = f"expected one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}{suggest(cfg.strategy, STRATEGIES)}"
+        raise ConfigError([("strategy", known)])
+    prompts = _prompts(cfg)
+    options = {key: _plain(cfg[key]) for key in DECODING_KEYS if cfg.get(key) is not None}
+    if cfg.strategy == "sample" and cfg.get("seed") is not None:
+        options["seed"] = int(cfg.seed)  # greedy and beam draw nothing: a seed means nothing to them
+    model, tokenizer, settings = _generator(task, None)
+    continues = task.name == "causal_lm"
+    streams = len(prompts) == 1 and cfg.strategy != "beam" and options.get("num_return_sequences", 1) == 1
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    head = prompts[0] if streams and continues else ""  # a causal LM's text follows its prompt
+
+    def stream(piece: str) -> None:
+        nonlocal head
+        write(head + piece)
+        head = ""
+
+    try:
+        completions = generate_text(
+            model, tokenizer, prompts, strategy=cfg.strategy, stream=stream if streams else None, **settings, **options
+        )
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError([(_key_named_in(str(err)), str(err))]) from err
+    if streams:
+        write(head + "\n")
+        return completions
+    for prompt, row in zip(prompts, completions, strict=True):
+        if len(prompts) > 1:
+            write(f"> {prompt}\n")
+        for rank, completion in enumerate(row, start=1):
+            text = prompt + completion.text if continues else completion.text
+            if len(row) == 1 and completion.score is None:
+                write(f"{text}\n")
+            else:
+                score = "" if completion.score is None else f"{completion.score:9.4f}  "
+                write(f"{rank}. {score}{text}\n")
+    return completions
+
+
+def _prompts(cfg: DictConfig) -> list[str]:
+    """The prompts of ``prompt`` (a text, or a list of them) or ``prompt_file`` (one a line), not both."""
+    prompt, prompt_file = cfg.get("prompt"), cfg.get("prompt_file")
+    if prompt is not None and prompt_file:
+        raise ConfigError([("prompt_file", "give either prompt or prompt_file, not both")])
+    if prompt_file:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise ConfigError([("prompt_file", f"no such file: {path}")])
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise ConfigError([("prompt_file", f"{path} holds no prompt (one a line)")])
+        return prompts
+    if isinstance(prompt, ListConfig):
+        if not len(prompt):
+            raise ConfigError([("prompt", "an empty list of prompts")])
+        return [str(p) for p in prompt]
+    return [str("" if prompt is None else prompt)]  # an empty prompt: a language model starts from <bos>
+
+
+def _key_named_in(message: str) -> str:
+    """The decoding key a message of :func:`tfgraph.decoding.generate` is about: the first one it names."""
+    found = [(m.start(), key) for key in DECODING_KEYS if (m := re.search(rf"\b{key}\b", message))]
+    if found:
+        return min(found)[1]
+    return "prompt" if "prompt" in message else ""
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+# --------------------------------------------------------------------------------------- tfgraph-attention
+
+
+def attention_from_config(cfg: DictConfig) -> str:
+    """Draw the attention of the model of a composed ``attention`` config over ``cfg.text``: a PNG per layer in
+    ``cfg.out_dir``, a panel per head (see :func:`tfgraph.attention_maps.attention_report`).
+
+    The model is a checkpoint's (``ckpt_path``, any task, with its tokenizer), or a preset's with random weights
+    (``model=<preset>``, seeded by ``seed``, with a ``tokenizer`` of that kind built from the text itself).
+
+    Returns:
+        The report: the files written, then for each layer and token the tokens it attends to most.
+
+    Raises:
+        tfgraph.ConfigError: neither or both of ``ckpt_path`` and ``model``, no checkpoint there, an empty text or one
+            longer than the model's ``max_len``, a layer the model does not have.
+    """
+    load_plugins(cfg.get("plugins"), "plugins")
+    if not _given(cfg, "text"):
+        raise ConfigError([("text", "give the text to look at: text='time flies like an arrow'")])
+    text = str(cfg.text)
+    bos_first = False
+    if cfg.get("model") is not None:
+        if _given(cfg, "ckpt_path"):
+            raise ConfigError(
+                [("model", "give either ckpt_path (a trained model) or model (random weights), not both")]
+            )
+        model, tokenizer = _random_model(cfg, text)
+    else:
+        task = _load_for(cfg, generative=False)
+        model, tokenizer = task.model, task.tokenizer
+        bos_first = task.name == "sequence_classification"  # its inputs start with <bos>, the pooled position
+    ids = [tokenizer.bos_id] * bos_first + tokenizer.encode(text)
+    max_len = model.spec.sizes["max_len"]
+    if len(ids) > max_len:
+        raise ConfigError([("text", f"{len(ids)} tokens, more than the model's max_len ({max_len})")])
+    tokens = [tokenizer.decode([i], skip_special=False) for i in ids]
+    device = next(model.parameters()).device
+    try:
+        return attention_report(
+            model,
+            tokens,
+            torch.tensor(ids, device=device),
+            cfg.out_dir,
+            top=int(cfg.top),
+            layers=_layers(cfg.layers),
+        )
+    except ValueError as err:
+        raise ConfigError([("layers", str(err))]) from err
+
+
+def _random_model(cfg: DictConfig, text: str) -> tuple[nn.Module, Tokenizer]:
+    """A preset's model with seeded random weights, and a tokenizer built from the text."""
+    if cfg.tokenizer not in KINDS:
+        raise ConfigError([("tokenizer", f"expected one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")])
+    tokenizer = build_tokenizer(cfg.tokenizer, [text])
+    vocab_size = cfg.model.vocab_size
+    if tokenizer.vocab_size > vocab_size:
+        raise ConfigError(
+            [
+                (
+                    "model.vocab_size",
+                    f"{vocab_size} ids, fewer than the {cfg.tokenizer} tokenizer's {tokenizer.vocab_size}",
+                )
+            ]
+        )
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(_device(cfg))
+    return model, tokenizer
+
+
+def _layers(layers: Any) -> list[int] | None:
+    """``all`` -> None; an index or a list of them -> the list."""
+    if layers == "all":
+        return None
+    chosen = [layers] if isinstance(layers, int) else _plain(layers)
+    if not isinstance(chosen, list) or not chosen or not all(isinstance(i, int) for i in chosen):
+        raise ConfigError([("layers", f"expected all, a layer index or a list of them ([0,2]), got {layers!r}")])
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ shared
+
+
+def _load_for(cfg: DictConfig, *, generative: bool) -> Task:
+    """The task of ``cfg.ckpt_path`` on ``cfg.device``; ``generative``: only a task that generates text."""
+    if not _given(cfg, "ckpt_path"):
+        how = "tfgraph-generate ckpt_path=<run dir>/checkpoints/last.ckpt prompt=..."
+        if not generative:
+            how = "ckpt_path=<run dir>/checkpoints/last.ckpt, or model=<preset> for random weights"
+        raise ConfigError([("ckpt_path", f"which checkpoint? {how}")])
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    name = checkpoint["tfgraph"]["task"]
+    if generative and name not in GENERATIVE_TASKS:
+        takes = " and ".join(GENERATIVE_TASKS)
+        message = (
+            f"{cfg.ckpt_path} is a {name} checkpoint, which does not generate text; tfgraph-generate takes {takes}"
+        )
+        raise ConfigError([("ckpt_path", message)])
+    return load_task(checkpoint).to(_device(cfg)).eval()
+
+
+def _given(cfg: DictConfig, key: str) -> bool:
+    return not OmegaConf.is_missing(cfg, key) and bool(cfg.get(key))
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    """``cfg.device``, or the GPU where there is one."""
+    if cfg.get("device"):
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
