@@ -3,12 +3,18 @@
 One run: the data (its tokenizer trained on the training split), the model config completed with the
 tokenizer's vocabulary size, the task, the Lightning Trainer with its callbacks and loggers, ``fit``, then
 ``test`` on the best checkpoint and, for a language model, a generated sample. Everything is written under
-``cfg.paths.output_dir``.
+``cfg.paths.output_dir``: ``run_info.json`` (the model's parameters and FLOPs per token, once it is built) and
+``metrics.json`` (at the end) among it, which a sweep's summary reads.
+
+The model config is built on the ``meta`` device twice before any weight exists: before the data is read (every
+config mistake, and a model over ``max_params`` even without its vocabulary, fails fast), and once the
+tokenizer's vocabulary size is known (the exact parameter budget).
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import datetime
 import glob
 import json
@@ -24,13 +30,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelSummary, ProgressBar
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from tfgraph.data import DataError
+from tfgraph.models import Transformer, build_model
 from tfgraph.registry import ConfigError, load_plugins
+from tfgraph.show import MAX_LEN_COUNTED, count_flops
 from tfgraph.tasks import CausalLM, Task, build_task, load_checkpoint, task_class
-from tfgraph.tasks.callbacks import ValidateAtLastStep
+from tfgraph.tasks.callbacks import ValidateAtLastStep, is_last_step
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +57,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ``{"train/loss": ..., "val/loss": ..., "test/...": ...}``, as floats.
 
     Raises:
-        tfgraph.ConfigError: for a config mistake (the task does not fit the model or the data, ...).
+        tfgraph.ConfigError: for a config mistake (the task does not fit the model or the data, a model over
+            ``max_params``, ...).
         tfgraph.data.DataError: for missing or malformed data.
+        TrainingDiverged: when the training loss stops being finite.
     """
     cfg = copy.deepcopy(cfg)
     output_dir = prepare_output_dir(cfg)
@@ -58,10 +68,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # first: a missing logger package is found before any data is read
     task, datamodule = resume(cfg.ckpt_path) if cfg.get("ckpt_path") else build(cfg)
+    check_optimized_metric(cfg, task)
     tokenizer = datamodule.tokenizer
     tokenizer.save(output_dir / "tokenizer.json")
     log.info("data %s: %s tokenizer, %d ids", datamodule.name, tokenizer.kind, tokenizer.vocab_size)
-    log.info("%s model, %s parameters", task.model.topology, f"{task.model.num_parameters():,}")
+    info = model_info(task.hparams.model)
+    if trainer.is_global_zero:
+        write_json(output_dir / "run_info.json", info)
+    log.info(
+        "%s model, %s parameters, %s forward FLOPs per token",
+        task.model.topology,
+        f"{task.model.num_parameters():,}",
+        "n/a" if info["flops_per_token"] is None else f"{info['flops_per_token']:,.0f}",
+    )
 
     for logger in trainer.loggers:
         logger.log_hyperparams({**plain(cfg), "params": task.model.num_parameters()})
@@ -69,6 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = scalars(trainer.callback_metrics)
 
     if cfg.get("test") and has_split(datamodule, "test"):
+        sync_csv_columns(trainer)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
         metrics.update(scalars(trainer.callback_metrics, prefix="test/"))
@@ -77,10 +97,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         sample = cfg.get("sample") or {}
         if isinstance(task, CausalLM) and sample.get("max_new_tokens"):
-            text = task.generate(sample.prompt or "", sample.max_new_tokens, sample.temperature, sample.top_k)
+            drawn = {"strategy": "sample", "temperature": sample.temperature, "top_k": sample.top_k, "seed": cfg.seed}
+            options = drawn if sample.temperature else {"strategy": "greedy"}  # temperature 0: the most likely
+            text = task.generate(sample.prompt or "", sample.max_new_tokens, **options)
             (output_dir / "sample.txt").write_text(text)
             log.info("sample (temperature %s):\n%s", sample.temperature, text)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(output_dir / "metrics.json", metrics)
         last = output_dir / "checkpoints" / "last.ckpt"
         log.info("run dir %s%s", output_dir, f"; resume or evaluate from {last}" if last.is_file() else "")
     return metrics
@@ -90,6 +112,8 @@ def build(cfg: DictConfig) -> tuple[Task, pl.LightningDataModule]:
     """The task and its data from a config: the data set up first, its vocabulary size into the model config."""
     task_cfg = plain(cfg.task)
     task_class(task_cfg.get("name")).check_topology(cfg.model.get("topology"))  # before any data is read
+    max_params = check_max_params(cfg.get("max_params"))
+    check_model(plain(cfg.model), max_params)
     data_cfg = absolute_paths(plain(cfg.data))
     datamodule = build_datamodule(data_cfg)
     check_fits(task_cfg.get("name"), datamodule)
@@ -98,6 +122,9 @@ def build(cfg: DictConfig) -> tuple[Task, pl.LightningDataModule]:
     model_cfg = plain(cfg.model)
     model_cfg["vocab_size"] = datamodule.tokenizer.vocab_size
     check_lengths(task_cfg.get("name"), model_cfg, data_cfg)
+    if max_params is not None:
+        params = meta_model(model_cfg).num_parameters()
+        check_budget(params, max_params, f"has {params:,} parameters with the data's {model_cfg['vocab_size']} ids")
     task = build_task(
         task_cfg,
         model=model_cfg,
@@ -124,6 +151,64 @@ def resume(ckpt_path: str) -> tuple[Task, pl.LightningDataModule]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     return task_class(name)(**args), datamodule
+
+
+# --------------------------------------------------------------------------------- the model before its weights
+
+
+def meta_model(model_cfg: Mapping[str, Any]) -> Transformer:
+    """The model of a plain model config on the ``meta`` device: checked and counted, no memory allocated."""
+    with torch.device("meta"):
+        return build_model(model_cfg)
+
+
+def check_max_params(value: Any) -> int | None:
+    """``max_params`` as an int (``null``: no budget); a ConfigError for anything but a positive whole number."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # max_params=1e6 on the command line
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError([("max_params", f"expected a positive number of parameters or null, got {value!r}")])
+    return value
+
+
+def check_model(model_cfg: dict[str, Any], max_params: int | None) -> None:
+    """Check a model config before any data is read: build it on ``meta`` without its vocabulary (vocab_size 1,
+    the tokenizer's size comes with the data), which raises every config mistake, and refuse a model that is
+    over ``max_params`` even so (the embeddings only add parameters)."""
+    params = meta_model({**model_cfg, "vocab_size": 1}).num_parameters()
+    if max_params is not None:
+        check_budget(params, max_params, f"has at least {params:,} parameters before its vocabulary's embeddings")
+
+
+def check_budget(params: int, max_params: int, what: str) -> None:
+    """Refuse a model with more than ``max_params`` parameters (``what``: how many it has)."""
+    if params > max_params:
+        raise ConfigError(
+            [
+                (
+                    "max_params",
+                    f"the model {what}, over the budget of {max_params:,}: shrink it (model.d_model, "
+                    "model.n_layers, model.d_ff, ...) or raise max_params",
+                )
+            ]
+        )
+
+
+def model_info(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's parameters and forward FLOPs per token, counted on ``meta`` as ``tfgraph-show`` counts them
+    (at sequence length ``min(model.max_len, 1024)``; ``flops_per_token`` is None where they cannot be counted)."""
+    model = meta_model(model_cfg)
+    seq_len = min(model.spec.sizes["max_len"], MAX_LEN_COUNTED)
+    flops = count_flops(model, model_cfg, seq_len)
+    return {
+        "topology": model.topology,
+        "params": model.num_parameters(),
+        "flops_per_token": flops.per_token(""),
+        "flops_seq_len": seq_len,
+        "vocab_size": model.spec.sizes["vocab_size"],
+    }
 
 
 # --------------------------------------------------------------------------------------------- the parts
@@ -227,6 +312,23 @@ def check_lengths(task_name: str | None, model_cfg: Mapping[str, Any], data_cfg:
         )
 
 
+def check_optimized_metric(cfg: DictConfig, task: Task) -> None:
+    """Refuse an ``optimized_metric`` the task never logs (checkpointing and early stopping would fail on it
+    after the first validation), listing those it does log."""
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return
+    logged = [f"{stage}/{name}" for stage in ("train", "val") for name in task.metric_names(stage)]
+    if metric in logged:
+        return
+    hint = ""
+    if metric.split("/")[-1] in ("bleu", "chrf", "exact_match") and not task.hparams.get("generate", True):
+        hint = " (bleu, chrf and exact_match come from decoding: task.generate=true)"
+    raise ConfigError(
+        [("optimized_metric", f"task {task.name} does not log {metric!r}{hint}; it logs {', '.join(logged)}")]
+    )
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """The Trainer of ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` and loggers of ``cfg.logger``."""
     callbacks = [instantiate_part(node, f"callbacks.{name}", Callback) for name, node in _entries(cfg, "callbacks")]
@@ -237,8 +339,67 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(ValidateAtLastStep())
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    callbacks += [ValidateAtLastStep(), StopOnDivergence()]
+    check_accelerator(cfg.trainer)
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    except InstantiationException as err:
+        raise ConfigError([("trainer", str(err.__cause__ or err))]) from err
+
+
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """Refuse GPUs that are not there, and FSDP on a CPU, before Lightning does, naming the config key."""
+    accelerator = str(trainer_cfg.get("accelerator"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            [
+                (
+                    "trainer.accelerator",
+                    f"{accelerator}, but PyTorch finds no GPU here: use trainer=cpu, or trainer=ddp_sim to run "
+                    "the distributed code paths on CPU processes",
+                )
+            ]
+        )
+    strategy = trainer_cfg.get("strategy")
+    name = strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else str(strategy or "")
+    if "fsdp" in name.lower() and accelerator not in ("gpu", "cuda", "auto"):
+        raise ConfigError(
+            [
+                (
+                    "trainer.accelerator",
+                    f"{accelerator}: Lightning's FSDP strategy (trainer=fsdp) runs on GPUs only; "
+                    "on a CPU, trainer=ddp_sim runs the distributed code paths (DDP over gloo)",
+                )
+            ]
+        )
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being finite (NaN or infinite)."""
+
+
+class StopOnDivergence(Callback):
+    """Raise :class:`TrainingDiverged` when the training loss is NaN or infinite, instead of training on.
+
+    The loss is checked at the steps whose metrics are logged (every ``trainer.log_every_n_steps``, when the
+    loggers read the loss anyway) and at the last step; a diverged model stays diverged, so a late check only
+    costs those steps. Under DDP every process takes the same decision.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        step = trainer.global_step
+        if step % max(trainer.log_every_n_steps, 1) and not is_last_step(trainer):
+            return
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        raise TrainingDiverged(
+            f"training diverged: the loss is {float(loss.detach().float().mean())} at step {step}; "
+            "lower optimizer.lr (or clip gradients: trainer.gradient_clip_val)"
+        )
 
 
 def _entries(cfg: DictConfig, group: str) -> list[tuple[str, Any]]:
@@ -260,6 +421,23 @@ def instantiate_part(node: Any, path: str, kind: type) -> Any:
     if not isinstance(part, kind):
         raise ConfigError([(path, f"{node._target_} is not a {kind.__name__}")])
     return part
+
+
+def sync_csv_columns(trainer: pl.Trainer) -> None:
+    """Tell each CSVLogger the columns its metrics.csv already has.
+
+    A fit in spawned processes (trainer=ddp_sim) writes the file there, and the logger of this process never
+    learns its columns; the next stage's rewrite of the file with new columns then fails (Lightning 2.6).
+    """
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or not trainer.is_global_zero:
+            continue
+        writer = logger.experiment
+        path = Path(writer.metrics_file_path)
+        if path.is_file():
+            with path.open(newline="") as f:
+                columns = next(csv.reader(f), [])
+            writer.metrics_keys = sorted(set(writer.metrics_keys) | set(columns))
 
 
 def has_split(datamodule: pl.LightningDataModule, split: str) -> bool:
@@ -286,4 +464,9 @@ def format_metrics(metrics: Mapping[str, float], prefix: str = "") -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith(prefix))
 
 
-__all__ = ["build_datamodule", "build_trainer", "train"]
+def write_json(path: Path, value: Mapping[str, Any]) -> None:
+    """``value`` as indented JSON (NaN and infinities as JSON's extension, which Python reads back)."""
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+__all__ = ["StopOnDivergence", "TrainingDiverged", "build_datamodule", "build_trainer", "model_info", "train"]

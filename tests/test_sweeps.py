@@ -1,0 +1,373 @@
+"""Sweeps: the summary read from each job's files, failed jobs that do not stop a sweep, the parameter budget, a
+diverging loss, the Optuna and launcher presets, and real multiruns through the command (marked slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+import tfgraph
+from tfgraph.cli.sweep import FailedJob, SweepSummary, register_resolvers, sweep_job
+from tfgraph.config import conf_dir
+from tfgraph.sweeps import error_line, read_jobs, write_summary
+from tfgraph.train import TrainingDiverged, model_info, train
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+QUIET = [
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "sample.max_new_tokens=0",
+]
+
+
+def text_file(path: Path, lines: int = 200) -> Path:
+    rng = random.Random(0)
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(lines)) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- the summary
+
+
+def fake_job(sweep: Path, num: int, overrides: list[str], **files: dict[str, Any]) -> Path:
+    """A job dir as a sweep leaves it: .hydra/overrides.yaml and the JSON files given (job, run_info, metrics)."""
+    job_dir = sweep / str(num)
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
+    for name, content in files.items():
+        (job_dir / f"{name}.json").write_text(json.dumps(content))
+    return job_dir
+
+
+def test_the_summary_lists_each_job_from_its_files_and_a_job_without_a_result_as_failed(tmp_path: Path) -> None:
+    fixed = "trainer.max_steps=20"
+    fake_job(
+        tmp_path,
+        0,
+        ["model/norm=layernorm", "model.n_heads=4", fixed],
+        job={"num": 0, "status": "ok", "error": "", "wall_s": 12.34},
+        run_info={"params": 1000, "flops_per_token": 2000.0},
+        metrics={"train/loss": 2.0, "val/loss": 1.5, "test/loss": 1.6},
+    )
+    fake_job(
+        tmp_path,
+        1,
+        ["model/norm=rmsnorm", "model.n_heads=4", fixed],
+        job={"num": 1, "status": "ok", "error": "", "wall_s": 3.0},
+        run_info={"params": 990, "flops_per_token": 1990.0},
+        metrics={"val/loss": 1.25, "val/accuracy": 0.5},
+    )
+    fake_job(
+        tmp_path,
+        2,
+        ["model/norm=layernorm", "model.n_heads=5", fixed],
+        job={"num": 2, "status": "failed", "error": "ConfigError: model.n_heads: 64 is not divisible by 5"},
+    )
+    fake_job(tmp_path, 3, ["model/norm=rmsnorm", "model.n_heads=5", fixed])  # killed: no job.json
+    (tmp_path / ".submitit" / "x").mkdir(parents=True)  # not a job
+
+    csv_path, md_path, jobs = write_summary(tmp_path, declared=["model/norm"], objective="val/loss", mode="min")
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [row["job"] for row in rows] == ["0", "1", "2", "3"]
+    assert list(rows[0]) == [
+        "job",
+        "model/norm",
+        "model.n_heads",
+        "params",
+        "flops_per_token",
+        "val/accuracy",
+        "val/loss",
+        "test/loss",
+        "wall_s",
+        "status",
+        "error",
+        "dir",
+    ]  # the fixed override and train/ metrics are not columns
+    assert rows[0]["model/norm"] == "layernorm" and rows[0]["params"] == "1000" and rows[0]["wall_s"] == "12.3"
+    assert rows[1]["val/loss"] == "1.25" and rows[1]["test/loss"] == ""
+    assert [row["status"] for row in rows] == ["ok", "ok", "failed", "failed"]
+    assert rows[2]["error"].startswith("ConfigError: model.n_heads")
+    assert "did not finish" in rows[3]["error"]
+    md = md_path.read_text()
+    assert "4 jobs: 2 ok, 2 failed. Best val/loss (min): 1.25, job 1." in md
+    assert "Every job: `trainer.max_steps=20`" in md
+    assert "| 0 | layernorm | 4 | 1,000 | 2,000 |" in md
+    assert [job.num for job in jobs] == [0, 1, 2, 3]
+
+    _, md_path, _ = write_summary(tmp_path, objective="val/loss", mode="max")
+    assert "Best val/loss (max): 1.5, job 0." in md_path.read_text()
+
+
+def test_error_line_gives_a_config_errors_first_problem_and_a_remote_tracebacks_last_line() -> None:
+    err = tfgraph.ConfigError([("model.n_heads", "not divisible"), ("model.d_ff", "missing")])
+    assert error_line(err) == "ConfigError: model.n_heads: not divisible (and 1 more)"
+    remote = RuntimeError("\n\n-- Process 1 terminated:\nTraceback (most recent call last):\n  File x\nValueError: bad")
+    assert error_line(remote) == "ValueError: bad"
+    assert error_line(KeyError("k")) == "KeyError: 'k'"
+
+
+# ---------------------------------------------------------------------------------------- failed jobs
+
+
+def test_a_failed_sweep_job_returns_a_failed_job_that_a_number_reading_sweeper_sees_as_the_worst_value() -> None:
+    cfg = OmegaConf.create({"optimized_metric": "val/loss", "optimized_mode": "min"})
+
+    def invalid(_: Any) -> dict[str, float]:
+        raise tfgraph.ConfigError([("model.n_heads", "not divisible")])
+
+    failed = sweep_job(invalid, cfg)
+    assert isinstance(failed, FailedJob) and failed.error == "ConfigError: model.n_heads: not divisible"
+    assert float(failed) == math.inf  # hydra-optuna-sweeper reads float(return_value): the worst, for TPE
+    cfg.optimized_mode = "max"
+    assert float(sweep_job(invalid, cfg)) == -math.inf
+
+    assert sweep_job(lambda _: {"val/loss": 1.5}, cfg) == 1.5
+    assert "val/loss is None" in sweep_job(lambda _: {"train/loss": 1.0}, cfg).error
+    assert "val/loss is nan" in sweep_job(lambda _: {"val/loss": math.nan}, cfg).error
+
+
+def job_config(job_dir: Path, num: int) -> Any:
+    return OmegaConf.create(
+        {
+            "optimized_metric": "val/loss",
+            "hydra": {
+                "mode": RunMode.MULTIRUN,
+                "job": {"num": num},
+                "runtime": {"output_dir": str(job_dir)},
+                "sweep": {"dir": str(job_dir.parent)},
+                "overrides": {"task": []},
+            },
+        }
+    )
+
+
+def test_the_callback_records_each_job_and_summarizes_after_each_one_in_the_launching_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    callback = SweepSummary()
+    callback.on_multirun_start(job_config(tmp_path / "0", 0))
+    for num, value in enumerate([2.5, FailedJob("ConfigError: max_params: over the budget")]):
+        job_dir = fake_job(tmp_path, num, [f"model.n_layers={num + 1}"])
+        callback.on_job_start(job_config(job_dir, num))
+        done = JobReturn(overrides=[f"model.n_layers={num + 1}"], status=JobStatus.COMPLETED, _return_value=value)
+        callback.on_job_end(job_config(job_dir, num), done)
+    raised = JobReturn(overrides=["model.n_layers=3"], status=JobStatus.FAILED, _return_value=OSError("disk full"))
+    job_dir = fake_job(tmp_path, 2, ["model.n_layers=3"])
+    callback.on_job_end(job_config(job_dir, 2), raised)
+
+    records = [json.loads((tmp_path / str(num) / "job.json").read_text()) for num in range(3)]
+    assert [(r["status"], r["objective"]) for r in records] == [("ok", 2.5), ("failed", None), ("failed", None)]
+    assert records[1]["error"] == "ConfigError: max_params: over the budget"
+    assert records[2]["error"] == "OSError: disk full"
+    assert records[0]["wall_s"] >= 0 and records[0]["overrides"] == ["model.n_layers=1"]
+    assert [row["status"] for row in csv.DictReader((tmp_path / "summary.csv").open())] == ["ok", "failed", "failed"]
+
+    # another DDP or SLURM process of the same job writes nothing
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    (tmp_path / "0" / "job.json").unlink()
+    callback.on_job_end(job_config(tmp_path / "0", 0), JobReturn(status=JobStatus.COMPLETED, _return_value=1.0))
+    assert not (tmp_path / "0" / "job.json").exists()
+
+
+# ------------------------------------------------------------------------------------ budget, divergence
+
+
+def train_config(tmp_path: Path, data: Path | str, *overrides: str) -> Any:
+    return tfgraph.compose(
+        [
+            "model=gpt2_tiny",
+            "data=text",
+            f"data.path={data}",
+            "data.block_size=16",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=100",
+            "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.log_every_n_steps=1",
+            "~logger",
+            "callbacks=none",
+            "test=false",
+            f"paths.output_dir={tmp_path / 'run'}",
+            *QUIET,
+            *overrides,
+        ]
+    )
+
+
+def test_an_invalid_model_or_one_over_the_budget_is_refused_before_any_data_is_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_file.txt"  # reading it would be a DataError
+    with pytest.raises(tfgraph.ConfigError, match=r"model.n_heads: model.d_model \(64\) is not divisible"):
+        train(train_config(tmp_path, missing, "model.n_heads=5"))
+    with pytest.raises(tfgraph.ConfigError, match=r"max_params: the model has at least [\d,]+ parameters before"):
+        train(train_config(tmp_path, missing, "max_params=50000"))
+    with pytest.raises(tfgraph.ConfigError, match=r"max_params: expected a positive number"):
+        train(train_config(tmp_path, missing, "max_params=-3"))
+
+
+def test_the_budget_counts_the_datas_vocabulary_and_run_info_has_the_exact_count(tmp_path: Path) -> None:
+    data = text_file(tmp_path / "text.txt")
+    model_cfg = OmegaConf.to_container(tfgraph.compose(["model=gpt2_tiny"]).model)
+    without_vocab = model_info({**model_cfg, "vocab_size": 1})["params"]
+    # over the exact count (with the data's vocabulary, tied head) but not over the count without it
+    with pytest.raises(tfgraph.ConfigError, match=r"max_params: the model has [\d,]+ parameters with the data's \d+"):
+        train(train_config(tmp_path, data, f"max_params={without_vocab}"))
+
+    metrics = train(train_config(tmp_path, data, f"max_params={without_vocab + 10_000}"))
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    vocab = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
+    model = tfgraph.build_model({**model_cfg, "vocab_size": info["vocab_size"]})
+    assert info["params"] == model.num_parameters() == without_vocab + 64 * (info["vocab_size"] - 1)
+    assert info["flops_per_token"] > info["params"] and info["flops_seq_len"] == 256
+    assert vocab and math.isfinite(metrics["val/loss"])
+
+
+def test_a_diverging_loss_stops_training_with_training_diverged(tmp_path: Path) -> None:
+    data = text_file(tmp_path / "text.txt")
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the loss is (nan|inf) at step \d"):
+        train(train_config(tmp_path, data, "optimizer.lr=1e30", "trainer.max_steps=20"))
+    assert (tmp_path / "run" / "run_info.json").is_file()  # written before training: the summary lists it
+
+
+# ------------------------------------------------------------------------------------------ the presets
+
+
+def hydra_config(*overrides: str) -> Any:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_the_optuna_preset_searches_the_architecture_under_a_budget_in_the_direction_of_optimized_mode() -> None:
+    cfg = hydra_config("hparams_search=optuna")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert {"model/norm", "model/position", "model/ffn", "model/layer", "model.n_layers", "model.d_model"} <= set(
+        sweeper.params
+    )
+    assert {"model.n_heads", "optimizer.lr"} <= set(sweeper.params) and cfg.max_params > 0
+    assert sweeper.max_failure_rate == 1.0
+    assert hydra_config("hparams_search=optuna", "optimized_mode=max").hydra.sweeper.direction == "maximize"
+    for option in ("norm", "position", "ffn", "layer"):  # every choice names an option of its group
+        choices = sweeper.params[f"model/{option}"].removeprefix("choice(").removesuffix(")").split(", ")
+        assert set(choices) <= {p.stem for p in (conf_dir() / "model" / option).glob("*.yaml")}
+
+
+def test_the_launcher_presets_pick_the_plugins_and_size_a_slurm_job_from_the_trainer() -> None:
+    assert hydra_config("launcher=joblib").hydra.launcher._target_.endswith("JoblibLauncher")
+    local = hydra_config("launcher=submitit_local").hydra.launcher
+    assert local._target_.endswith("LocalLauncher") and local.tasks_per_node == 1 and local.gpus_per_node == 0
+
+    slurm = hydra_config("launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2")
+    launcher = slurm.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.partition is None and "account" in launcher and "qos" in launcher
+    assert hydra_config("launcher=submitit_slurm", "trainer=cpu").hydra.launcher.gpus_per_node == 0
+
+    every_gpu = hydra_config("launcher=submitit_slurm", "trainer=ddp")  # devices: -1
+    with pytest.raises(Exception, match=r"trainer.devices=-1 cannot size a SLURM job"):
+        OmegaConf.to_container(every_gpu.hydra.launcher, resolve=True)
+
+
+# -------------------------------------------------------------------------------------- real multiruns
+
+
+def multirun(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    data = text_file(tmp_path / "text.txt")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfgraph.cli.train",
+            "-m",
+            "data=text",
+            f"data.path={data}",
+            "data.block_size=16",
+            "debug=fast_dev_run",
+            *QUIET,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def summary_rows(tmp_path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((tmp_path / "sweep" / "summary.csv").open()))
+
+
+@pytest.mark.slow
+def test_a_multirun_runs_every_combination_and_a_failed_job_does_not_stop_the_summary(tmp_path: Path) -> None:
+    multirun(tmp_path, "model/norm=layernorm,rmsnorm", "model.n_heads=4,5")
+    rows = summary_rows(tmp_path)
+    assert [(row["model/norm"], row["model.n_heads"], row["status"]) for row in rows] == [
+        ("layernorm", "4", "ok"),
+        ("layernorm", "5", "failed"),
+        ("rmsnorm", "4", "ok"),
+        ("rmsnorm", "5", "failed"),
+    ]
+    assert all("model.n_heads: model.d_model (64) is not divisible" in row["error"] for row in rows[1::2])
+    for row in rows[::2]:
+        job_dir = tmp_path / "sweep" / row["dir"]
+        vocab = json.loads((job_dir / "run_info.json").read_text())["vocab_size"]
+        cfg = tfgraph.compose(["model=gpt2_tiny", f"model/norm={row['model/norm']}"]).model
+        assert int(row["params"]) == tfgraph.build_model({**cfg, "vocab_size": vocab}).num_parameters()
+        assert float(row["flops_per_token"]) > 0 and float(row["wall_s"]) > 0
+        assert float(row["val/loss"]) == json.loads((job_dir / "metrics.json").read_text())["val/loss"]
+    assert rows[0]["params"] != rows[2]["params"]  # RMSNorm has no biases
+    assert "4 jobs: 2 ok, 2 failed." in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_optuna_search_goes_on_past_trials_over_the_budget_which_optuna_sees_as_the_worst(tmp_path: Path) -> None:
+    import optuna
+
+    budget, storage = 300_000, f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", f"max_params={budget}", "seed=0"]
+    multirun(tmp_path, *args, f"hydra.sweeper.storage='{storage}'")
+    rows = summary_rows(tmp_path)
+    assert len(rows) == 3
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert failed and len(failed) < 3  # with seed 0, Optuna's first draws include models over the budget
+    assert all("max_params" in row["error"] for row in failed)
+    assert all(int(row["params"]) <= budget for row in rows if row["status"] == "ok")
+
+    study = optuna.load_study(study_name="tfgraph", storage=storage)  # kept in SQLite, as the preset says
+    values = {trial.number: trial.value for trial in study.trials}
+    for row in rows:
+        expected = math.inf if row["status"] == "failed" else float(row["val/loss"])
+        assert values[int(row["job"])] == pytest.approx(expected)
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(float(r["val/loss"]) for r in rows if r["status"] == "ok"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_a_sweep_through_a_launcher_of_other_processes_is_summarized(tmp_path: Path, launcher: str) -> None:
+    multirun(tmp_path, f"launcher={launcher}", "model/norm=layernorm,rmsnorm")
+    rows = summary_rows(tmp_path)
+    assert [(row["model/norm"], row["status"]) for row in rows] == [("layernorm", "ok"), ("rmsnorm", "ok")]
+    assert all(int(row["params"]) > 0 and float(row["val/loss"]) > 0 for row in rows)
+    if launcher == "submitit_local":
+        assert (tmp_path / "sweep" / ".submitit").is_dir()
+    assert [job.num for job in read_jobs(tmp_path / "sweep")] == [0, 1]

@@ -1,0 +1,186 @@
+"""Sweeps (``tfgraph-train -m``): the job function that keeps a sweep going past a failed job, the Hydra
+callback that records each job and writes the sweep's summary, and the resolvers the launcher presets use.
+
+Registered in ``conf/train.yaml`` under ``hydra.callbacks.sweep_summary``; see :mod:`tfgraph.sweeps` for the
+files a job leaves and what the summary lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from tfgraph.data import DataError
+from tfgraph.registry import ConfigError
+from tfgraph.sweeps import JOB_FILE, JobResult, error_line, write_summary
+
+log = logging.getLogger(__name__)
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # as Lightning reads them
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+
+
+class FailedJob:
+    """What a failed sweep job returns instead of its objective: the error, and the worst objective there is.
+
+    Hydra's launchers and its basic sweeper pass it on and the sweep goes on. A sweeper that reads the objective
+    as a number (``float(return_value)``, as the Optuna sweeper does) gets ``worst`` (+inf when minimising,
+    -inf when maximising), so Optuna's TPE learns to stay away from configs that fail (invalid, over the
+    parameter budget, diverging). A trial Optuna marks failed teaches its sampler nothing, and TPE proposed
+    such a config again and again; hydra-optuna-sweeper 1.3 with Optuna 2.10 also stops the whole study on a
+    NaN objective, and on a job that raised unless ``max_failure_rate`` allows it.
+
+    Args:
+        error: one line that says why (``ConfigError: model.n_heads: ...``).
+        worst: the objective a number-reading sweeper sees.
+    """
+
+    def __init__(self, error: str, *, worst: float = math.inf) -> None:
+        self.error = error
+        self.worst = worst
+
+    def __float__(self) -> float:
+        return self.worst
+
+    def __repr__(self) -> str:
+        return f"FailedJob({self.error!r})"
+
+
+def sweep_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | FailedJob:
+    """Run one job of a sweep: ``function(cfg)``'s ``cfg.optimized_metric``, or a :class:`FailedJob` when it
+    raises (the traceback goes to the job's log) or does not report that metric as a number."""
+    from tfgraph.train import TrainingDiverged
+
+    worst = -math.inf if cfg.get("optimized_mode") == "max" else math.inf
+    try:
+        metrics = function(cfg)
+    except (ConfigError, DataError, TrainingDiverged) as err:  # the config's or the data's fault: no traceback
+        log.error("job failed: %s", err)
+        return FailedJob(error_line(err), worst=worst)
+    except Exception as err:
+        log.error("job failed: %s", error_line(err), exc_info=True)
+        return FailedJob(error_line(err), worst=worst)
+    name = cfg.get("optimized_metric")
+    value = metrics.get(name)
+    if value is None or not math.isfinite(value):
+        found = ", ".join(sorted(metrics)) or "none"
+        return FailedJob(f"optimized_metric: {name} is {value} (the run's metrics: {found})", worst=worst)
+    return value
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is its job's first: DDP processes Lightning starts and SLURM's other tasks are not."""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
+
+
+def declared_sweeps(config: DictConfig) -> list[str]:
+    """The override keys a multirun varies: sweeps on the command line (``a=1,2``) and the sweeper's params."""
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [override.get_key_element() for override in parsed if override.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return keys + [str(key) for key in params]
+
+
+class SweepSummary(Callback):
+    """Hydra callback: each job of a multirun leaves ``job.json`` in its dir; ``summary.csv`` and ``summary.md``
+    in the sweep dir list every job (see :mod:`tfgraph.sweeps`).
+
+    ``on_job_start`` and ``on_job_end`` run where the job runs (in this process, a joblib worker, a SLURM
+    node), so everything passes through files. The summary is written at the end of the multirun and, when the
+    jobs run in the launching process (Hydra's default launcher), after every job too: a long sweep can be
+    watched, and a sweep that stops early (an Optuna study none of whose trials succeeded) still has it.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.launcher_pid: int | None = None  # the process that launched the sweep
+        self.declared: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.launcher_pid = os.getpid()
+        self.declared = declared_sweeps(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
+            return
+        value = job_return._return_value  # the property raises for a failed job; the value is its exception
+        if isinstance(value, FailedJob):
+            status, error, objective = "failed", value.error, None
+        elif isinstance(value, BaseException):
+            status, error, objective = "failed", error_line(value), None
+        else:
+            status, error, objective = "ok", "", value if isinstance(value, (int, float)) else None
+        record = {
+            "num": config.hydra.job.num,
+            "status": status,
+            "error": error,
+            "objective": objective,
+            "wall_s": None if self.started is None else time.time() - self.started,
+            "overrides": list(job_return.overrides or []),
+        }
+        Path(config.hydra.runtime.output_dir, JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if os.getpid() == self.launcher_pid:
+            self.summarize(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        jobs = self.summarize(config)
+        failed = [job for job in jobs if job.status != "ok"]
+        log.info(
+            "sweep summary: %s (%d jobs, %d failed)", Path(config.hydra.sweep.dir, "summary.md"), len(jobs), len(failed)
+        )
+        for job in failed:
+            log.warning("job %d failed: %s", job.num, job.error)
+
+    def summarize(self, config: DictConfig) -> list[JobResult]:
+        """Write the summary of the sweep ``config`` describes (a job's config or the sweep's) from its files."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return []
+        _, _, jobs = write_summary(
+            sweep_dir,
+            declared=self.declared,
+            objective=config.get("optimized_metric"),
+            mode=config.get("optimized_mode", "min"),
+        )
+        return jobs
+
+
+# ------------------------------------------------------------------------------------- launcher resolvers
+
+
+def slurm_tasks(devices: Any) -> int:
+    """``trainer.devices`` as SLURM's tasks (or GPUs) per node: one process per device, so a whole number."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    raise ValueError(
+        f"trainer.devices={devices!r} cannot size a SLURM job: one task runs per device, so give their number "
+        "(e.g. trainer.devices=4) with launcher=submitit_slurm"
+    )
+
+
+def slurm_gpus(accelerator: Any, devices: Any) -> int:
+    """GPUs per node for a SLURM job: ``trainer.devices`` on a GPU accelerator, 0 on the CPU."""
+    return slurm_tasks(devices) if str(accelerator) in GPU_ACCELERATORS else 0
+
+
+def register_resolvers() -> None:
+    """``${tfgraph.slurm_tasks:${trainer.devices}}`` and ``${tfgraph.slurm_gpus:...}`` for conf/launcher/."""
+    OmegaConf.register_new_resolver("tfgraph.slurm_tasks", slurm_tasks, replace=True)
+    OmegaConf.register_new_resolver("tfgraph.slurm_gpus", slurm_gpus, replace=True)
+
+
+__all__ = ["FailedJob", "SweepSummary", "declared_sweeps", "register_resolvers", "sweep_job"]
