@@ -384,3 +384,9 @@ def test_eval_command_without_a_checkpoint_exits_2(tmp_path: Path) -> None:
     done = command("eval", f"ckpt_path={tmp_path}/missing.ckpt", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "error:" in done.stderr and "no checkpoint at" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_eval_command_with_no_ckpt_path_says_which_key_is_missing(tmp_path: Path) -> None:
+    done = command("eval", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "ckpt_path: which checkpoint?" in done.stderr and "Traceback" not in done.stderr

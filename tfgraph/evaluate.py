@@ -37,9 +37,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         ``{"test/loss": ..., ...}`` (``val/...`` for ``split=val``), as floats.
 
     Raises:
-        tfgraph.ConfigError: no such checkpoint, an unknown split, a split the data does not have.
+        tfgraph.ConfigError: no ``ckpt_path`` or no such checkpoint, an unknown split, a split the data does not have.
         tfgraph.data.DataError: the data cannot be read.
     """
+    if not cfg.get("ckpt_path"):
+        raise ConfigError([("ckpt_path", "which checkpoint? tfgraph-eval ckpt_path=<run dir>/checkpoints/last.ckpt")])
     output_dir = prepare_output_dir(cfg)
     load_plugins(cfg.get("plugins"), "plugins")
     pl.seed_everything(cfg.seed, workers=True)
