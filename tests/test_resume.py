@@ -54,10 +54,12 @@ def book(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("data", ["text", "reverse"])
 def test_a_run_resumed_mid_epoch_equals_an_uninterrupted_one(tmp_path: Path, book: Path, data: str) -> None:
     # 4 training batches an epoch: the checkpoint at step 3 is taken inside the first epoch, then the
-    # resumed run finishes epoch 0 (one batch), runs epoch 1 and the first batch of epoch 2.
+    # resumed run finishes epoch 0 (one batch), runs epoch 1 and the first batch of epoch 2. The text run
+    # has dropout: the checkpoint holds the random state it draws from.
     overrides = {
         "text": [
             "model=gpt2_tiny",
+            "model.dropout=0.1",  # the dropout masks too must continue where they were
             "task=causal_lm",
             "data=text",
             f"data.path={book}",

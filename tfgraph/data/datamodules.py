@@ -214,15 +214,18 @@ class ExamplesDataModule(pl.LightningDataModule):
         dataset = self.datasets.get(split)
         if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
             return []  # Lightning skips an empty loader list
+        seed = torch.initial_seed() % 2**62  # the training seed (seed_everything)
         sampler, loader_class = None, DataLoader
-        if split == "train":  # the order follows the training seed (seed_everything) and the epoch: resumable,
-            # also from a checkpoint taken mid-epoch
-            sampler = EpochShuffle(len(dataset), torch.initial_seed() % 2**62)  # type: ignore[arg-type]
+        if split == "train":  # the order follows the seed and the epoch: resumable, also from mid-epoch
+            sampler = EpochShuffle(len(dataset), seed)  # type: ignore[arg-type]
             loader_class = ResumableLoader
         return loader_class(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            # the loader's own generator (for worker seeds), so that iterating leaves the global random state
+            # (dropout's, which a checkpoint saves) as it was
+            generator=torch.Generator().manual_seed(seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=functools.partial(self.examples.collate, tokenizer=self.tokenizer),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
@@ -223,6 +224,18 @@ class Task(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tfgraph"] = {"task": self.name}
+        if self.trainer.world_size == 1:  # the random state dropout draws from, so a resumed run draws the same
+            checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("rng_state")
+        if rng is None or self._trainer is None or self.trainer.world_size != 1:
+            return
+        torch.set_rng_state(rng["cpu"])
+        if torch.cuda.is_available() and len(rng.get("cuda", ())) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ----------------------------------------------------------------------------------------- helpers
 
