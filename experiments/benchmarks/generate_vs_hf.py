@@ -41,8 +41,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common
 import torch
-import train_throughput  # the sibling benchmark: its environment description
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -51,9 +51,6 @@ from tfgraph.decoding import generate
 
 HERE = Path(__file__).resolve().parent
 RESULT_PATH = HERE / "results" / "generate_vs_hf.json"
-README_PATH = HERE.parent / "README.md"
-README_BEGIN = "<!-- generate_vs_hf:begin (written by experiments/benchmarks/generate_vs_hf.py --write-readme) -->"
-README_END = "<!-- generate_vs_hf:end -->"
 README_HEADING = "## Generation throughput: tfgraph gpt2 vs Hugging Face GPT-2, with and without the KV cache"
 
 PROMPT_LEN, NEW_TOKENS, BATCH = 32, 128, 1
@@ -306,18 +303,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str) -> None:
-    """Replace this benchmark's part of experiments/README.md (between its markers), appending it if missing."""
-    section = f"{README_BEGIN}\n{table}\n{README_END}"
-    text = README_PATH.read_text() if README_PATH.exists() else ""
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        text = head + section + rest.split(README_END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + f"{README_HEADING}\n\n{INTRO}\n\n{section}\n"
-    README_PATH.write_text(text)
-
-
 INTRO = """\
 How fast does tfgraph generate, and what does the KV cache buy? `experiments/benchmarks/generate_vs_hf.py` builds
 Hugging Face's `GPT2LMHeadModel(GPT2Config())` (GPT-2 small, random init, dropout off) and tfgraph's `model=gpt2
@@ -333,7 +318,7 @@ tfgraph >= 1.4x Hugging Face's tokens/s."""
 def environment() -> dict:
     import transformers
 
-    return {**train_throughput.environment(), "transformers": transformers.__version__}
+    return {**common.environment(), "transformers": transformers.__version__}
 
 
 def main() -> None:
@@ -382,7 +367,7 @@ def main() -> None:
     RESULT_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULT_PATH.write_text(json.dumps(result, indent=2) + "\n")
     if args.write_readme:
-        write_readme(table)
+        common.write_readme("generate_vs_hf", table, f"{README_HEADING}\n\n{INTRO}")
 
 
 if __name__ == "__main__":

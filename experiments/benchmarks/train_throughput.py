@@ -36,7 +36,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 from nanogpt import GPT, copy_from_tfgraph
@@ -55,9 +55,6 @@ import tfgraph
 
 HERE = Path(__file__).resolve().parent
 RESULT_PATH = HERE / "results" / "train_throughput.json"
-README_PATH = HERE.parent / "README.md"
-README_BEGIN = "<!-- train_throughput:begin (written by experiments/benchmarks/train_throughput.py --write-readme) -->"
-README_END = "<!-- train_throughput:end -->"
 README_HEADING = "## Training-step throughput: tfgraph gpt2 vs a hand-written nanoGPT"
 
 SIZES = dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024, vocab_size=8192, max_len=256)
@@ -342,34 +339,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str) -> None:
-    """Replace this benchmark's part of experiments/README.md (between its markers), creating the file if needed."""
-    section = f"{README_BEGIN}\n{table}\n{README_END}"
-    text = README_PATH.read_text() if README_PATH.exists() else ""
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        text = head + section + rest.split(README_END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + f"{README_HEADING}\n\n{section}\n"
-    README_PATH.write_text(text)
-
-
-def environment() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30, help="uncontended interleaved rounds to collect (default 30)")
@@ -400,7 +369,7 @@ def main() -> None:
     result = {
         "date": datetime.date.today().isoformat(),
         "command": " ".join(["python experiments/benchmarks/train_throughput.py", *sys.argv[1:]]),
-        "environment": environment(),
+        "environment": common.environment(),
         "config": {"sizes": SIZES, "batch": BATCH, "seq_len": SEQ_LEN, "dtype": "float32", "lr": LR},
         "tfgraph_overrides": tfgraph_overrides(),
         "run": {
@@ -432,7 +401,7 @@ def main() -> None:
     RESULT_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULT_PATH.write_text(json.dumps(result, indent=2) + "\n")
     if args.write_readme:
-        write_readme(table)
+        common.write_readme("train_throughput", table, README_HEADING)
 
 
 if __name__ == "__main__":
