@@ -290,11 +290,15 @@ def test_plugin_block_chosen_on_the_command_line(tmp_path):
     write_plugin(tmp_path, "my_blocks_cli", "centre_cli")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     command = [sys.executable, "-m", "tfgraph.cli.show", "model=gpt2_tiny", "plugins=[my_blocks_cli]"]
-    done = subprocess.run([*command, "model.norm.block=centre_cli"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [*command, "model.norm.block=centre_cli"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "norm1: centre_cli (norm) <- x" in done.stdout
     assert "params: 148608" in done.stdout  # gpt2_tiny's 149,248 less five LayerNorms of 128 parameters
 
-    typo = subprocess.run([*command, "model.norm.block=centre_clj"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    typo = subprocess.run(
+        [*command, "model.norm.block=centre_clj"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert typo.returncode == 2 and "Traceback" not in typo.stderr
     assert "did you mean 'centre_cli'" in typo.stderr

@@ -29,7 +29,8 @@ WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "it"]
 
 
 class RecordLosses(pl.Callback):
-    """Write each step's training loss, averaged over the processes, to ``path`` (JSON, from rank 0).
+    """Write each step's training loss, averaged over the processes, to ``path`` (JSON, from rank 0), and rank
+    0's own loss beside it (``<path>.rank0``).
 
     The loss logged to metrics.csv is rank 0's own batch's; its mean over the ranks is the global batch's loss
     when every process's batch holds as many tokens (full LM windows).
@@ -38,12 +39,15 @@ class RecordLosses(pl.Callback):
     def __init__(self, *, path: str) -> None:
         self.path = path
         self.losses: list[float] = []
+        self.own: list[float] = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, *args: Any) -> None:
+        self.own.append(float(outputs["loss"]))
         loss = trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean")
         self.losses.append(float(loss))
         if trainer.is_global_zero:
             Path(self.path).write_text(json.dumps(self.losses))
+            Path(self.path + ".rank0").write_text(json.dumps(self.own))
 
 
 def text_file(path: Path) -> Path:
@@ -103,7 +107,11 @@ def test_ddp_on_two_cpu_processes_takes_the_steps_of_one_process_with_the_same_g
     with open(tmp_path / "ddp" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"train/loss", "val/loss", "test/loss"} <= set(rows[0])
-    assert [float(row["train/loss"]) for row in rows if row["train/loss"]][:1] == pytest.approx(ddp[:1], abs=0.1)
+    # metrics.csv's train/loss under DDP: the first process's own share of the batch, not the mean
+    rank0 = json.loads((tmp_path / "ddp" / "losses.json.rank0").read_text())
+    logged = [float(row["train/loss"]) for row in rows if row["train/loss"]]
+    assert logged == pytest.approx(rank0, abs=1e-6)
+    assert max(abs(a - b) for a, b in zip(rank0, ddp, strict=True)) > 1e-4  # the shares' losses differ
 
 
 def test_fsdp_on_the_cpu_is_a_config_error_naming_the_accelerator() -> None:
@@ -123,3 +131,39 @@ def test_a_trainer_lightning_refuses_is_a_config_error_naming_trainer() -> None:
     cfg = tfgraph.compose(["+trainer.no_such_option=1", "paths.output_dir=/tmp/x", "~logger"])
     with pytest.raises(tfgraph.ConfigError, match=r"trainer: .*no_such_option"):
         build_trainer(cfg)
+
+
+def test_an_error_raised_in_a_spawned_process_keeps_its_exit_code_and_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from tfgraph.cli.train import run_job, spawned_error
+
+    def spawned(last_lines: str) -> ProcessRaisedException:
+        trace = f'Traceback (most recent call last):\n  File "train.py", line 1, in fit\n{last_lines}\n'
+        return ProcessRaisedException(f"\n\n-- Process 1 terminated with the following error:\n{trace}", 1, 42)
+
+    diverged = spawned("tfgraph.train.TrainingDiverged: training diverged: the loss is nan at step 3")
+    config_error = spawned("tfgraph.registry.ConfigError: model.n_heads: not divisible\n  model.d_ff: missing")
+    assert spawned_error(str(diverged)) == (3, "training diverged: the loss is nan at step 3")
+    assert spawned_error(str(config_error)) == (2, "model.n_heads: not divisible\n  model.d_ff: missing")
+    assert spawned_error(str(spawned("ValueError: something else"))) is None
+
+    cfg = tfgraph.compose(["paths.output_dir=/tmp/x"])
+    for err, code in ((diverged, 3), (config_error, 2)):
+
+        def fail(_: Any, err: Exception = err) -> dict[str, float]:
+            raise err
+
+        with pytest.raises(SystemExit) as exit_info:
+            run_job(fail, cfg)
+        assert exit_info.value.code == code
+    assert capsys.readouterr().err.splitlines()[-2:] == ["error: model.n_heads: not divisible", "  model.d_ff: missing"]
+    other = spawned("ValueError: something else")
+
+    def fail_otherwise(_: Any) -> dict[str, float]:
+        raise other
+
+    with pytest.raises(ProcessRaisedException):  # not the config's fault: the traceback stays
+        run_job(fail_otherwise, cfg)

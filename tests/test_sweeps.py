@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -20,9 +21,18 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 import tfgraph
-from tfgraph.cli.sweep import FailedJob, SweepSummary, register_resolvers, sweep_job
+from tfgraph.cli import sweep as sweep_cli
+from tfgraph.cli.sweep import (
+    FailedJob,
+    SweepSummary,
+    objective_mode,
+    register_resolvers,
+    summarize_stopped_sweep,
+    sweep_job,
+)
 from tfgraph.config import conf_dir
-from tfgraph.sweeps import error_line, read_jobs, write_summary
+from tfgraph.sweeps import NO_RESULT, error_line, read_jobs, write_summary
+from tfgraph.sweeps import main as summarize_main
 from tfgraph.train import TrainingDiverged, model_info, train
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
@@ -113,6 +123,61 @@ def test_the_summary_lists_each_job_from_its_files_and_a_job_without_a_result_as
     assert "Best val/loss (max): 1.5, job 0." in md_path.read_text()
 
 
+def test_a_declared_key_gets_a_column_even_where_every_job_has_the_same_value(tmp_path: Path) -> None:
+    for num in range(2):
+        fake_job(tmp_path, num, [f"model.n_layers={num + 1}", "seed=0"], job={"num": num, "status": "ok"})
+    header = write_summary(tmp_path)[0].read_text().splitlines()[0].split(",")
+    assert "model.n_layers" in header and "seed" not in header
+    header = write_summary(tmp_path, declared=["seed"])[0].read_text().splitlines()[0].split(",")
+    assert header[:3] == ["job", "model.n_layers", "seed"]
+
+
+def test_a_file_cut_off_by_a_kill_reads_as_missing_and_a_train_objective_is_listed(tmp_path: Path) -> None:
+    fake_job(tmp_path, 0, ["a=1"], job={"num": 0, "status": "ok", "optimized_metric": "train/loss"})
+    (tmp_path / "0" / "metrics.json").write_text('{"train/loss": 1.5, "val/loss": 1.7}')
+    fake_job(tmp_path, 1, ["a=2"], run_info={"params": 10, "flops_per_token": 20.0})
+    (tmp_path / "1" / "job.json").write_text('{"num": 1, "sta')  # half written
+    fake_job(tmp_path, 2, ["a=3"], job={"num": 2, "status": "ok"})
+    (tmp_path / "2" / "metrics.json").write_text("[1, 2]")  # not an object
+
+    jobs = read_jobs(tmp_path)
+    assert jobs[0].metrics == {"train/loss": 1.5, "val/loss": 1.7}  # the objective, though a train/ metric
+    assert (jobs[1].status, jobs[1].error, jobs[1].params, jobs[1].flops_per_token) == ("failed", NO_RESULT, 10, 20.0)
+    assert jobs[2].status == "ok" and jobs[2].metrics == {}
+    md = write_summary(tmp_path, objective="train/loss")[1].read_text()
+    assert "Best train/loss (min): 1.5, job 0." in md
+
+
+def test_python_m_tfgraph_sweeps_writes_the_summary_from_the_files_and_the_sweeps_own_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for num, (norm, loss) in enumerate([("layernorm", 1.5), ("rmsnorm", 1.25)]):
+        fake_job(tmp_path, num, [f"model/norm={norm}", "seed=0"], job={"num": num, "status": "ok"})
+        (tmp_path / str(num) / "metrics.json").write_text(json.dumps({"val/loss": loss}))
+    fake_job(tmp_path, 2, ["model/norm=rmsnorm", "seed=0"])  # killed: the launcher gave up on the sweep
+    multirun_yaml = {
+        "optimized_metric": "val/loss",
+        "optimized_mode": "max",
+        "hydra": {
+            "overrides": {"task": ["model/norm=layernorm,rmsnorm", "seed=0"]},
+            "sweeper": {"params": {"seed": "0"}},
+        },
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(multirun_yaml))
+
+    assert summarize_main([str(tmp_path)]) == 0
+    assert "3 jobs, 1 failed" in capsys.readouterr().out
+    md = (tmp_path / "summary.md").read_text()
+    assert "3 jobs: 2 ok, 1 failed. Best val/loss (max): 1.5, job 0." in md
+    assert "| job | model/norm | seed |" in md  # seed is the sweeper's: a column though every job has 0
+
+    assert summarize_main([str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert summarize_main([]) == 2
+    done = subprocess.run([sys.executable, "-m", "tfgraph.sweeps", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0 and "summary.md: 3 jobs, 1 failed" in done.stdout
+
+
 def test_error_line_gives_a_config_errors_first_problem_and_a_remote_tracebacks_last_line() -> None:
     err = tfgraph.ConfigError([("model.n_heads", "not divisible"), ("model.d_ff", "missing")])
     assert error_line(err) == "ConfigError: model.n_heads: not divisible (and 1 more)"
@@ -139,6 +204,30 @@ def test_a_failed_sweep_job_returns_a_failed_job_that_a_number_reading_sweeper_s
     assert sweep_job(lambda _: {"val/loss": 1.5}, cfg) == 1.5
     assert "val/loss is None" in sweep_job(lambda _: {"train/loss": 1.0}, cfg).error
     assert "val/loss is nan" in sweep_job(lambda _: {"val/loss": math.nan}, cfg).error
+    cfg.optimized_metric = None  # nothing to optimise: the job is ok
+    assert sweep_job(lambda _: {"val/loss": 1.5}, cfg) is None
+
+
+def test_a_failed_job_reports_the_worst_value_for_the_sweepers_own_direction(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = OmegaConf.create({"optimized_metric": "val/loss", "optimized_mode": "min"})
+    assert objective_mode(cfg) == "min"  # no sweeper direction (the basic sweeper, or no Hydra at all)
+
+    class Hydra:  # HydraConfig while an Optuna sweep maximizes
+        @staticmethod
+        def initialized() -> bool:
+            return True
+
+        @staticmethod
+        def get() -> Any:
+            return OmegaConf.create({"sweeper": {"direction": "maximize"}})
+
+    monkeypatch.setattr(sweep_cli, "HydraConfig", Hydra)
+    assert objective_mode(cfg) == "max"
+
+    def invalid(_: Any) -> dict[str, float]:
+        raise tfgraph.ConfigError([("model.n_heads", "not divisible")])
+
+    assert float(sweep_job(invalid, cfg)) == -math.inf  # the worst when maximizing, whatever optimized_mode says
 
 
 def job_config(job_dir: Path, num: int) -> Any:
@@ -166,6 +255,7 @@ def test_the_callback_records_each_job_and_summarizes_after_each_one_in_the_laun
         callback.on_job_start(job_config(job_dir, num))
         done = JobReturn(overrides=[f"model.n_layers={num + 1}"], status=JobStatus.COMPLETED, _return_value=value)
         callback.on_job_end(job_config(job_dir, num), done)
+        assert len(list(csv.DictReader((tmp_path / "summary.csv").open()))) == num + 1  # after each job
     raised = JobReturn(overrides=["model.n_layers=3"], status=JobStatus.FAILED, _return_value=OSError("disk full"))
     job_dir = fake_job(tmp_path, 2, ["model.n_layers=3"])
     callback.on_job_end(job_config(job_dir, 2), raised)
@@ -177,11 +267,57 @@ def test_the_callback_records_each_job_and_summarizes_after_each_one_in_the_laun
     assert records[0]["wall_s"] >= 0 and records[0]["overrides"] == ["model.n_layers=1"]
     assert [row["status"] for row in csv.DictReader((tmp_path / "summary.csv").open())] == ["ok", "failed", "failed"]
 
+    # a job run by another process (a joblib worker, a SLURM job) records itself but leaves the summary alone
+    job_dir = fake_job(tmp_path, 3, ["model.n_layers=4"])
+    elsewhere = SweepSummary()
+    elsewhere.launcher_pid = os.getpid() + 1
+    elsewhere.on_job_end(job_config(job_dir, 3), JobReturn(status=JobStatus.COMPLETED, _return_value=1.0))
+    assert (job_dir / "job.json").is_file() and len(list(csv.DictReader((tmp_path / "summary.csv").open()))) == 3
+    callback.on_multirun_end(job_config(tmp_path / "0", 0))  # the end of the sweep: every job
+    assert len(list(csv.DictReader((tmp_path / "summary.csv").open()))) == 4
+
     # another DDP or SLURM process of the same job writes nothing
     monkeypatch.setenv("LOCAL_RANK", "1")
     (tmp_path / "0" / "job.json").unlink()
     callback.on_job_end(job_config(tmp_path / "0", 0), JobReturn(status=JobStatus.COMPLETED, _return_value=1.0))
     assert not (tmp_path / "0" / "job.json").exists()
+
+
+def test_a_sweep_that_stops_before_its_end_still_writes_the_summary_of_its_jobs_so_far(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    callback = SweepSummary()
+    callback.on_multirun_start(job_config(tmp_path / "0", 0))
+    job_dir = fake_job(tmp_path, 0, ["model.n_layers=1"])
+    callback.on_job_start(job_config(job_dir, 0))
+    callback.on_job_end(job_config(job_dir, 0), JobReturn(status=JobStatus.COMPLETED, _return_value=1.0))
+    fake_job(tmp_path, 1, ["model.n_layers=2"])  # killed: the launcher raised, on_multirun_end never came
+    (tmp_path / "summary.csv").unlink()
+
+    summarize_stopped_sweep()
+    assert [row["status"] for row in csv.DictReader((tmp_path / "summary.csv").open())] == ["ok", "failed"]
+    assert "the sweep stopped before its end; summary of its 2 jobs so far (1 failed" in capsys.readouterr().err
+    assert SweepSummary.running is None
+    (tmp_path / "summary.csv").unlink()
+    summarize_stopped_sweep()  # once only; and nothing after a sweep that ended
+    assert not (tmp_path / "summary.csv").exists()
+
+
+def test_a_sweep_dir_used_again_does_not_pass_off_an_earlier_jobs_results(tmp_path: Path) -> None:
+    job_dir = fake_job(
+        tmp_path,
+        0,
+        ["model.n_layers=1"],
+        job={"num": 0, "status": "ok"},
+        run_info={"params": 1000},
+        metrics={"val/loss": 1.0},
+    )
+    callback = SweepSummary()
+    callback.on_multirun_start(job_config(job_dir, 0))
+    callback.on_job_start(job_config(job_dir, 0))  # this time the job is killed before it writes anything
+    assert not any((job_dir / name).exists() for name in ("job.json", "run_info.json", "metrics.json"))
+    (job,) = read_jobs(tmp_path)
+    assert (job.status, job.error, job.params, job.metrics) == ("failed", NO_RESULT, None, {})
 
 
 # ------------------------------------------------------------------------------------ budget, divergence
@@ -217,6 +353,8 @@ def test_an_invalid_model_or_one_over_the_budget_is_refused_before_any_data_is_r
         train(train_config(tmp_path, missing, "max_params=50000"))
     with pytest.raises(tfgraph.ConfigError, match=r"max_params: expected a positive number"):
         train(train_config(tmp_path, missing, "max_params=-3"))
+    with pytest.raises(tfgraph.ConfigError, match=r"optimized_mode: expected min or max, got 'maximum'"):
+        train(train_config(tmp_path, missing, "optimized_mode=maximum"))
 
 
 def test_the_budget_counts_the_datas_vocabulary_and_run_info_has_the_exact_count(tmp_path: Path) -> None:
@@ -262,6 +400,9 @@ def test_the_optuna_preset_searches_the_architecture_under_a_budget_in_the_direc
     assert {"model.n_heads", "optimizer.lr"} <= set(sweeper.params) and cfg.max_params > 0
     assert sweeper.max_failure_rate == 1.0
     assert hydra_config("hparams_search=optuna", "optimized_mode=max").hydra.sweeper.direction == "maximize"
+    wrong = hydra_config("hparams_search=optuna", "optimized_mode=maximum")
+    with pytest.raises(Exception, match=r"optimized_mode: expected min or max, got 'maximum'"):
+        OmegaConf.to_container(wrong.hydra.sweeper, resolve=True)
     for option in ("norm", "position", "ffn", "layer"):  # every choice names an option of its group
         choices = sweeper.params[f"model/{option}"].removeprefix("choice(").removesuffix(")").split(", ")
         assert set(choices) <= {p.stem for p in (conf_dir() / "model" / option).glob("*.yaml")}
@@ -278,10 +419,25 @@ def test_the_launcher_presets_pick_the_plugins_and_size_a_slurm_job_from_the_tra
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     assert launcher.partition is None and "account" in launcher and "qos" in launcher
     assert hydra_config("launcher=submitit_slurm", "trainer=cpu").hydra.launcher.gpus_per_node == 0
+    assert hydra_config("launcher=submitit_slurm").hydra.launcher.gpus_per_node == 0  # accelerator auto: none
 
     every_gpu = hydra_config("launcher=submitit_slurm", "trainer=ddp")  # devices: -1
     with pytest.raises(Exception, match=r"trainer.devices=-1 cannot size a SLURM job"):
         OmegaConf.to_container(every_gpu.hydra.launcher, resolve=True)
+
+
+def test_a_launcher_or_sweeper_whose_plugin_is_missing_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tfgraph.cli import train as train_cli
+
+    train_cli.check_plugins(["-m", "launcher=joblib", "hparams_search=optuna"])  # installed here: no error
+    assert not train_cli.installed("hydra_plugins.no_such_plugin") and not train_cli.installed("no_such_pkg.x")
+    monkeypatch.setattr(train_cli, "installed", lambda module: module != "hydra_plugins.hydra_optuna_sweeper")
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.check_plugins(["-m", "hparams_search=optuna"])
+    assert exit_info.value.code == 2
+    assert 'hydra_optuna_sweeper: install the sweeps extra (pip install -e ".[sweeps]")' in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- real multiruns

@@ -10,7 +10,11 @@ Every job of a ``tfgraph-train -m`` sweep runs in its own dir under the sweep di
   Hydra callback, when the job ends).
 
 The summary reads only these files, so it works whichever launcher ran the jobs (in this process, in joblib
-workers or as SLURM jobs) and lists a job that died without a word as failed.
+workers or as SLURM jobs) and lists a job that died without a word as failed. A launcher that gives up on a
+sweep when one of its jobs is killed (the submitit launcher raises for a job SLURM killed or timed out) never
+reaches the end of the multirun, where the summary is written; write it from the files at any time with
+
+    python -m tfgraph.sweeps <sweep dir>
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from tfgraph.registry import ConfigError
 
@@ -45,6 +53,7 @@ class JobResult:
     status: str = "failed"  # ok | failed
     error: str = ""
     wall_s: float | None = None
+    optimized_metric: str | None = None  # the metric the sweep optimised, listed even outside val/ and test/
     params: int | None = None
     flops_per_token: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -79,7 +88,15 @@ def _read_job(job_dir: Path) -> JobResult:
     info = _json(job_dir / RUN_INFO_FILE) or {}
     metrics = _json(job_dir / METRICS_FILE) or {}
     if record is None:
-        return JobResult(_job_num(job_dir), job_dir, overrides, error=NO_RESULT, params=info.get("params"))
+        return JobResult(
+            _job_num(job_dir),
+            job_dir,
+            overrides,
+            error=NO_RESULT,
+            params=info.get("params"),
+            flops_per_token=info.get("flops_per_token"),
+        )
+    objective = record.get("optimized_metric")
     return JobResult(
         num=int(record.get("num", _job_num(job_dir))),
         dir=job_dir,
@@ -87,14 +104,29 @@ def _read_job(job_dir: Path) -> JobResult:
         status=record.get("status", "failed"),
         error=record.get("error") or "",
         wall_s=record.get("wall_s"),
+        optimized_metric=objective,
         params=info.get("params"),
         flops_per_token=info.get("flops_per_token"),
-        metrics={k: float(v) for k, v in metrics.items() if k.startswith(METRIC_PREFIXES)},
+        metrics={k: float(v) for k, v in metrics.items() if k.startswith(METRIC_PREFIXES) or k == objective},
     )
 
 
 def _json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The file's JSON object; None when there is none, or when the file is not JSON (cut off by a kill)."""
+    try:
+        value = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """``value`` as indented JSON (NaN and infinities as JSON's extension, which Python reads back), written to
+    a temporary file first and moved into place, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _job_num(job_dir: Path) -> int:
@@ -230,4 +262,61 @@ def _cell(name: str, value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-__all__ = ["JobResult", "best_job", "error_line", "read_jobs", "swept_keys", "write_summary"]
+def summarize_dir(sweep_dir: str | Path) -> tuple[Path, Path, list[JobResult]]:
+    """Write the summary of the sweep in ``sweep_dir`` from its files alone: the swept keys, objective and mode
+    come from the ``multirun.yaml`` Hydra wrote there when the sweep started."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError([("sweep_dir", f"{sweep_dir} is not a directory")])
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return write_summary(sweep_dir)
+    config = OmegaConf.load(path)
+    assert isinstance(config, DictConfig)
+    return write_summary(
+        sweep_dir,
+        declared=declared_sweeps(config),
+        objective=OmegaConf.select(config, "optimized_metric", throw_on_resolution_failure=False),
+        mode=OmegaConf.select(config, "optimized_mode", default="min", throw_on_resolution_failure=False),
+    )
+
+
+def declared_sweeps(config: DictConfig) -> list[str]:
+    """The override keys a multirun varies: sweeps on the command line (``a=1,2``) and the sweeper's params."""
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [override.get_key_element() for override in parsed if override.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params", throw_on_resolution_failure=False) or {}
+    return keys + [str(key) for key in params]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tfgraph.sweeps <sweep dir>``: (re)write the sweep's summary.md and summary.csv."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m tfgraph.sweeps <sweep dir>  (writes summary.md and summary.csv there)", file=sys.stderr)
+        return 2
+    try:
+        _, md_path, jobs = summarize_dir(args[0])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = sum(job.status != "ok" for job in jobs)
+    print(f"{md_path}: {len(jobs)} jobs, {failed} failed")
+    return 0
+
+
+__all__ = [
+    "JobResult",
+    "best_job",
+    "declared_sweeps",
+    "error_line",
+    "read_jobs",
+    "summarize_dir",
+    "swept_keys",
+    "write_json",
+    "write_summary",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,6 @@ import copy
 import csv
 import datetime
 import glob
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from tfgraph.data import DataError
 from tfgraph.models import Transformer, build_model
 from tfgraph.registry import ConfigError, load_plugins
 from tfgraph.show import MAX_LEN_COUNTED, count_flops
+from tfgraph.sweeps import write_json
 from tfgraph.tasks import CausalLM, Task, build_task, load_checkpoint, task_class
 from tfgraph.tasks.callbacks import ValidateAtLastStep, is_last_step
 
@@ -65,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     cfg = copy.deepcopy(cfg)
     output_dir = prepare_output_dir(cfg)
     load_plugins(cfg.get("plugins"), "plugins")
+    check_optimized_mode(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # first: a missing logger package is found before any data is read
     task, datamodule = resume(cfg.ckpt_path) if cfg.get("ckpt_path") else build(cfg)
@@ -312,6 +313,13 @@ def check_lengths(task_name: str | None, model_cfg: Mapping[str, Any], data_cfg:
         )
 
 
+def check_optimized_mode(cfg: DictConfig) -> None:
+    """``optimized_mode`` is ``min`` or ``max`` (checkpointing, early stopping and sweeps read it)."""
+    mode = cfg.get("optimized_mode", "min")
+    if mode not in ("min", "max"):
+        raise ConfigError([("optimized_mode", f"expected min or max, got {mode!r}")])
+
+
 def check_optimized_metric(cfg: DictConfig, task: Task) -> None:
     """Refuse an ``optimized_metric`` the task never logs (checkpointing and early stopping would fail on it
     after the first validation), listing those it does log."""
@@ -462,11 +470,6 @@ def scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 def format_metrics(metrics: Mapping[str, float], prefix: str = "") -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith(prefix))
-
-
-def write_json(path: Path, value: Mapping[str, Any]) -> None:
-    """``value`` as indented JSON (NaN and infinities as JSON's extension, which Python reads back)."""
-    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 __all__ = ["StopOnDivergence", "TrainingDiverged", "build_datamodule", "build_trainer", "model_info", "train"]

@@ -16,8 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from tfgraph.cli import exit_on_config_error
 from tfgraph.config import conf_dir
-from tfgraph.registry import ConfigError
 from tfgraph.show import GraphvizMissing, show
 
 
@@ -27,10 +27,7 @@ def main() -> None:
     @hydra.main(config_path=str(conf_dir()), config_name="show", version_base="1.3")
     def run(cfg: DictConfig) -> None:
         try:
-            print(show(cfg, name=HydraConfig.get().runtime.choices.get("model")))
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            print(exit_on_config_error(lambda: show(cfg, name=HydraConfig.get().runtime.choices.get("model"))))
         except GraphvizMissing as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)

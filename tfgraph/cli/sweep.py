@@ -7,28 +7,37 @@ files a job leaves and what the summary lists.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tfgraph.data import DataError
 from tfgraph.registry import ConfigError
-from tfgraph.sweeps import JOB_FILE, JobResult, error_line, write_summary
+from tfgraph.sweeps import (
+    JOB_FILE,
+    METRICS_FILE,
+    RUN_INFO_FILE,
+    JobResult,
+    declared_sweeps,
+    error_line,
+    write_json,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # as Lightning reads them
-GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+GPU_ACCELERATORS = ("gpu", "cuda")  # not auto: a job asks SLURM for GPUs only on a GPU trainer
 
 
 class FailedJob:
@@ -57,12 +66,13 @@ class FailedJob:
         return f"FailedJob({self.error!r})"
 
 
-def sweep_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | FailedJob:
-    """Run one job of a sweep: ``function(cfg)``'s ``cfg.optimized_metric``, or a :class:`FailedJob` when it
-    raises (the traceback goes to the job's log) or does not report that metric as a number."""
+def sweep_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | FailedJob | None:
+    """Run one job of a sweep: ``function(cfg)``'s ``cfg.optimized_metric`` (None when there is none to
+    optimise), or a :class:`FailedJob` when it raises (the traceback goes to the job's log) or does not report
+    that metric as a number."""
     from tfgraph.train import TrainingDiverged
 
-    worst = -math.inf if cfg.get("optimized_mode") == "max" else math.inf
+    worst = -math.inf if objective_mode(cfg) == "max" else math.inf
     try:
         metrics = function(cfg)
     except (ConfigError, DataError, TrainingDiverged) as err:  # the config's or the data's fault: no traceback
@@ -72,24 +82,38 @@ def sweep_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfi
         log.error("job failed: %s", error_line(err), exc_info=True)
         return FailedJob(error_line(err), worst=worst)
     name = cfg.get("optimized_metric")
+    if name is None:
+        return None
     value = metrics.get(name)
     if value is None or not math.isfinite(value):
         found = ", ".join(sorted(metrics)) or "none"
-        return FailedJob(f"optimized_metric: {name} is {value} (the run's metrics: {found})", worst=worst)
+        error = f"optimized_metric: {name} is {value} (the run's metrics: {found})"
+        log.error("job failed: %s", error)
+        return FailedJob(error, worst=worst)
     return value
+
+
+def objective_mode(cfg: DictConfig) -> str:
+    """``max`` or ``min``: the direction of the sweeper (Optuna's ``hydra.sweeper.direction``) where it has
+    one, else ``optimized_mode``. A failed job reports the worst value for the sweeper's own direction."""
+    direction = None
+    if HydraConfig.initialized():
+        direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction", default=None)
+    if isinstance(direction, str):
+        return "max" if direction.startswith("max") else "min"
+    return "max" if cfg.get("optimized_mode") == "max" else "min"
+
+
+def optuna_direction(mode: Any) -> str:
+    """``optimized_mode`` as the Optuna sweeper's ``direction``: ``min`` -> ``minimize``, ``max`` -> ``maximize``."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"optimized_mode: expected min or max, got {mode!r}")
+    return f"{mode}imize"
 
 
 def is_rank_zero() -> bool:
     """Whether this process is its job's first: DDP processes Lightning starts and SLURM's other tasks are not."""
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
-
-
-def declared_sweeps(config: DictConfig) -> list[str]:
-    """The override keys a multirun varies: sweeps on the command line (``a=1,2``) and the sweeper's params."""
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    keys = [override.get_key_element() for override in parsed if override.is_sweep_override()]
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    return keys + [str(key) for key in params]
 
 
 class SweepSummary(Callback):
@@ -102,6 +126,8 @@ class SweepSummary(Callback):
     watched, and a sweep that stops early (an Optuna study none of whose trials succeeded) still has it.
     """
 
+    running: ClassVar[tuple[SweepSummary, DictConfig] | None] = None  # the sweep this process launched, till its end
+
     def __init__(self) -> None:
         self.started: float | None = None
         self.launcher_pid: int | None = None  # the process that launched the sweep
@@ -110,9 +136,14 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.launcher_pid = os.getpid()
         self.declared = declared_sweeps(config)
+        SweepSummary.running = (self, config)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
+        if config.hydra.mode == RunMode.MULTIRUN and is_rank_zero():
+            # A sweep dir used again: what an earlier job left here must not pass for this job's results.
+            for name in (JOB_FILE, RUN_INFO_FILE, METRICS_FILE):
+                Path(config.hydra.runtime.output_dir, name).unlink(missing_ok=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
@@ -129,14 +160,16 @@ class SweepSummary(Callback):
             "status": status,
             "error": error,
             "objective": objective,
+            "optimized_metric": config.get("optimized_metric"),
             "wall_s": None if self.started is None else time.time() - self.started,
             "overrides": list(job_return.overrides or []),
         }
-        Path(config.hydra.runtime.output_dir, JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_json(Path(config.hydra.runtime.output_dir, JOB_FILE), record)
         if os.getpid() == self.launcher_pid:
             self.summarize(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepSummary.running = None
         jobs = self.summarize(config)
         failed = [job for job in jobs if job.status != "ok"]
         log.info(
@@ -144,6 +177,13 @@ class SweepSummary(Callback):
         )
         for job in failed:
             log.warning("job %d failed: %s", job.num, job.error)
+        if jobs and len(failed) == len(jobs):
+            log.warning(
+                "every job failed: no result to compare%s",
+                " (a sweeper's best trial, e.g. optimization_results.yaml, is one of these failures)"
+                if OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+                else "",
+            )
 
     def summarize(self, config: DictConfig) -> list[JobResult]:
         """Write the summary of the sweep ``config`` describes (a job's config or the sweep's) from its files."""
@@ -157,6 +197,27 @@ class SweepSummary(Callback):
             mode=config.get("optimized_mode", "min"),
         )
         return jobs
+
+
+def summarize_stopped_sweep() -> None:
+    """Write the summary of a sweep that stopped before its end: a launcher that gave up on a job killed outright
+    (the submitit launcher raises for it), Ctrl-C. Jobs still running elsewhere are listed as not finished;
+    ``python -m tfgraph.sweeps <sweep dir>`` writes it again once they are."""
+    if SweepSummary.running is None:
+        return
+    callback, config = SweepSummary.running
+    SweepSummary.running = None
+    try:
+        jobs = callback.summarize(config)
+    except Exception as err:  # the error that stopped the sweep is the one to report
+        log.warning("could not write the sweep's summary: %s", error_line(err))
+        return
+    failed = sum(job.status != "ok" for job in jobs)
+    print(
+        f"the sweep stopped before its end; summary of its {len(jobs)} jobs so far ({failed} failed or not "
+        f"finished): {Path(config.hydra.sweep.dir, 'summary.md')}",
+        file=sys.stderr,
+    )
 
 
 # ------------------------------------------------------------------------------------- launcher resolvers
@@ -173,14 +234,25 @@ def slurm_tasks(devices: Any) -> int:
 
 
 def slurm_gpus(accelerator: Any, devices: Any) -> int:
-    """GPUs per node for a SLURM job: ``trainer.devices`` on a GPU accelerator, 0 on the CPU."""
+    """GPUs per node for a SLURM job: ``trainer.devices`` on a GPU accelerator (``gpu``, ``cuda``), else 0
+    (``auto`` too: the default trainer asks for none; ``trainer=gpu``, ``ddp`` or ``fsdp`` ask for GPUs)."""
     return slurm_tasks(devices) if str(accelerator) in GPU_ACCELERATORS else 0
 
 
 def register_resolvers() -> None:
-    """``${tfgraph.slurm_tasks:${trainer.devices}}`` and ``${tfgraph.slurm_gpus:...}`` for conf/launcher/."""
+    """``${tfgraph.slurm_tasks:${trainer.devices}}`` and ``${tfgraph.slurm_gpus:...}`` for conf/launcher/,
+    ``${tfgraph.optuna_direction:${optimized_mode}}`` for conf/hparams_search/optuna.yaml."""
     OmegaConf.register_new_resolver("tfgraph.slurm_tasks", slurm_tasks, replace=True)
     OmegaConf.register_new_resolver("tfgraph.slurm_gpus", slurm_gpus, replace=True)
+    OmegaConf.register_new_resolver("tfgraph.optuna_direction", optuna_direction, replace=True)
 
 
-__all__ = ["FailedJob", "SweepSummary", "declared_sweeps", "register_resolvers", "sweep_job"]
+__all__ = [
+    "FailedJob",
+    "SweepSummary",
+    "declared_sweeps",
+    "objective_mode",
+    "register_resolvers",
+    "summarize_stopped_sweep",
+    "sweep_job",
+]

@@ -16,6 +16,8 @@ fails is logged and marked failed, and the sweep goes on (:mod:`tfgraph.cli.swee
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tfgraph.cli.sweep import register_resolvers, sweep_job
+from tfgraph.cli.sweep import register_resolvers, summarize_stopped_sweep, sweep_job
 from tfgraph.config import conf_dir
 from tfgraph.data import DataError
 from tfgraph.registry import ConfigError
@@ -34,6 +36,8 @@ from tfgraph.registry import ConfigError
 def run_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> dict[str, float]:
     """Call ``function(cfg)`` with ``paths.output_dir`` set to Hydra's run dir; a ConfigError or DataError
     becomes ``error: ...`` on stderr and exit code 2, a diverged training exit code 3."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
     from tfgraph.train import TrainingDiverged
 
     set_output_dir(cfg)
@@ -45,6 +49,57 @@ def run_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfig)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
+    except ProcessRaisedException as err:  # raised in a spawned DDP process (trainer=ddp_sim, ddp_spawn)
+        found = spawned_error(str(err))
+        if found is None:
+            raise
+        code, message = found
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(code)
+
+
+SPAWNED_ERRORS = {"ConfigError": 2, "DataError": 2, "TrainingDiverged": 3}  # exit codes, as in one process
+SPAWNED_ERROR = re.compile(r"(?:[\w.]+\.)?(" + "|".join(SPAWNED_ERRORS) + r"): (.*)")
+
+
+def spawned_error(traceback: str) -> tuple[int, str] | None:
+    """The exit code and message of a ConfigError, DataError or TrainingDiverged that another process raised,
+    from the traceback it passed on (the exception's line and any lines of its message after it)."""
+    lines = traceback.splitlines()
+    for i in reversed(range(len(lines))):
+        match = SPAWNED_ERROR.fullmatch(lines[i].strip())
+        if match:
+            return SPAWNED_ERRORS[match[1]], "\n".join([match[2], *lines[i + 1 :]]).rstrip()
+    return None
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # not even the hydra_plugins namespace
+        return False
+
+
+PLUGINS = {  # the config group options that need a Hydra plugin of the sweeps extra, and its module
+    "launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "launcher=submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+}
+
+
+def check_plugins(args: list[str]) -> None:
+    """Exit with a message naming the extra to install when the command line picks a launcher or sweeper whose
+    Hydra plugin is missing (Hydra itself only says it cannot find ``hydra/launcher/joblib``)."""
+    for arg in args:
+        module = PLUGINS.get(arg.lstrip("+"))
+        if module and not installed(module):
+            print(
+                f"error: {arg} needs the Hydra plugin {module.rsplit('.', 1)[-1]}: "
+                'install the sweeps extra (pip install -e ".[sweeps]")',
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 def set_output_dir(cfg: DictConfig) -> None:
@@ -57,6 +112,7 @@ def set_output_dir(cfg: DictConfig) -> None:
 def main() -> None:
     """The console script: compose the ``train`` config from the command line and train."""
     register_resolvers()
+    check_plugins(sys.argv[1:])
 
     @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
     def run(cfg: DictConfig) -> Any:
@@ -68,7 +124,12 @@ def main() -> None:
         metrics = run_job(train, cfg)
         return metrics.get(cfg.get("optimized_metric"))
 
-    run()
+    try:
+        run()
+    except BaseException as stop:  # the launcher gave up, Ctrl-C: keep what the sweep's jobs did
+        if not (isinstance(stop, SystemExit) and stop.code in (0, None)):
+            summarize_stopped_sweep()
+        raise
 
 
 if __name__ == "__main__":
