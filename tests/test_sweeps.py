@@ -31,7 +31,7 @@ from tfgraph.cli.sweep import (
     sweep_job,
 )
 from tfgraph.config import conf_dir
-from tfgraph.sweeps import NO_RESULT, error_line, read_jobs, write_summary
+from tfgraph.sweeps import NO_RESULT, declared_sweeps, error_line, read_jobs, write_summary
 from tfgraph.sweeps import main as summarize_main
 from tfgraph.train import TrainingDiverged, model_info, train
 
@@ -301,6 +301,27 @@ def test_a_sweep_that_stops_before_its_end_still_writes_the_summary_of_its_jobs_
     (tmp_path / "summary.csv").unlink()
     summarize_stopped_sweep()  # once only; and nothing after a sweep that ended
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_a_job_whose_run_went_to_another_dir_is_read_from_there_and_a_shared_dir_is_refused(tmp_path: Path) -> None:
+    from tfgraph.cli.train import sweep_output_dir
+
+    elsewhere = tmp_path / "scratch" / "run_0"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "metrics.json").write_text(json.dumps({"val/loss": 1.5}))
+    (elsewhere / "run_info.json").write_text(json.dumps({"params": 10, "flops_per_token": 20.0}))
+    fake_job(tmp_path, 0, ["a=1"], job={"num": 0, "status": "ok", "output_dir": str(elsewhere)})
+    (job,) = read_jobs(tmp_path)
+    assert (job.metrics, job.params) == ({"val/loss": 1.5}, 10)
+
+    cfg = tfgraph.compose(["paths.output_dir=/scratch/run"])
+    with pytest.raises(tfgraph.ConfigError, match=r"paths.output_dir: /scratch/run would be the dir of every job"):
+        sweep_output_dir(cfg)
+
+    config = OmegaConf.create(  # a per-job dir on the command line: its ${...} is not resolved to find the keys
+        {"hydra": {"overrides": {"task": ["paths.output_dir=/s/run_${hydra:job.num}", "a=1,2"]}}}
+    )
+    assert declared_sweeps(config) == ["a"]
 
 
 def test_a_sweep_dir_used_again_does_not_pass_off_an_earlier_jobs_results(tmp_path: Path) -> None:

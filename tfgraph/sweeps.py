@@ -7,12 +7,13 @@ Every job of a ``tfgraph-train -m`` sweep runs in its own dir under the sweep di
   model is built);
 - ``metrics.json``: its final metrics (``train``, at the end);
 - ``job.json``: its status, the first line of its error, its objective and wall time (the ``SweepSummary``
-  Hydra callback, when the job ends).
+  Hydra callback, when the job ends), and where ``run_info.json`` and ``metrics.json`` are when
+  ``paths.output_dir`` put the run elsewhere.
 
 The summary reads only these files, so it works whichever launcher ran the jobs (in this process, in joblib
-workers or as SLURM jobs) and lists a job that died without a word as failed. A launcher that gives up on a
-sweep when one of its jobs is killed (the submitit launcher raises for a job SLURM killed or timed out) never
-reaches the end of the multirun, where the summary is written; write it from the files at any time with
+workers or as SLURM jobs) and lists a job that died without a word as failed. A sweep that stops before its
+end (Ctrl-C; the submitit launcher raises for a job killed outright) has its summary written by
+``tfgraph-train`` as it exits; write it again from the files at any time with
 
     python -m tfgraph.sweeps <sweep dir>
 """
@@ -85,8 +86,9 @@ def read_jobs(sweep_dir: str | Path) -> list[JobResult]:
 def _read_job(job_dir: Path) -> JobResult:
     overrides = dict(split_override(line) for line in yaml.safe_load((job_dir / OVERRIDES_FILE).read_text()) or [])
     record = _json(job_dir / JOB_FILE)
-    info = _json(job_dir / RUN_INFO_FILE) or {}
-    metrics = _json(job_dir / METRICS_FILE) or {}
+    run_dir = Path(record["output_dir"]) if record and record.get("output_dir") else job_dir  # paths.output_dir
+    info = _json(run_dir / RUN_INFO_FILE) or {}
+    metrics = _json(run_dir / METRICS_FILE) or {}
     if record is None:
         return JobResult(
             _job_num(job_dir),
@@ -283,7 +285,8 @@ def summarize_dir(sweep_dir: str | Path) -> tuple[Path, Path, list[JobResult]]:
 
 def declared_sweeps(config: DictConfig) -> list[str]:
     """The override keys a multirun varies: sweeps on the command line (``a=1,2``) and the sweeper's params."""
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)  # ${...} in a value stays as is
+    parsed = OverridesParser.create().parse_overrides([str(override) for override in task])
     keys = [override.get_key_element() for override in parsed if override.is_sweep_override()]
     params = OmegaConf.select(config, "hydra.sweeper.params", throw_on_resolution_failure=False) or {}
     return keys + [str(key) for key in params]

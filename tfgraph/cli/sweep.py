@@ -142,8 +142,9 @@ class SweepSummary(Callback):
         self.started = time.time()
         if config.hydra.mode == RunMode.MULTIRUN and is_rank_zero():
             # A sweep dir used again: what an earlier job left here must not pass for this job's results.
-            for name in (JOB_FILE, RUN_INFO_FILE, METRICS_FILE):
-                Path(config.hydra.runtime.output_dir, name).unlink(missing_ok=True)
+            Path(config.hydra.runtime.output_dir, JOB_FILE).unlink(missing_ok=True)
+            for name in (RUN_INFO_FILE, METRICS_FILE):
+                Path(run_dir(config), name).unlink(missing_ok=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
@@ -164,6 +165,8 @@ class SweepSummary(Callback):
             "wall_s": None if self.started is None else time.time() - self.started,
             "overrides": list(job_return.overrides or []),
         }
+        if run_dir(config) != Path(config.hydra.runtime.output_dir):
+            record["output_dir"] = str(run_dir(config))  # paths.output_dir: where run_info and metrics are
         write_json(Path(config.hydra.runtime.output_dir, JOB_FILE), record)
         if os.getpid() == self.launcher_pid:
             self.summarize(config)
@@ -197,6 +200,12 @@ class SweepSummary(Callback):
             mode=config.get("optimized_mode", "min"),
         )
         return jobs
+
+
+def run_dir(config: DictConfig) -> Path:
+    """Where a sweep job's run writes (``paths.output_dir``), which is its Hydra job dir unless set otherwise."""
+    given = OmegaConf.select(config, "paths.output_dir", default=None, throw_on_resolution_failure=False)
+    return Path(given or config.hydra.runtime.output_dir)
 
 
 def summarize_stopped_sweep() -> None:

@@ -80,6 +80,25 @@ def installed(module: str) -> bool:
         return False
 
 
+def sweep_output_dir(cfg: DictConfig) -> DictConfig:
+    """A sweep job's ``cfg`` with ``paths.output_dir`` set to its own dir; a ConfigError for a ``paths.output_dir``
+    given without any interpolation, which every job of the sweep would share (and overwrite)."""
+    given = OmegaConf.to_container(cfg.paths, resolve=False).get("output_dir") if "paths" in cfg else None
+    if isinstance(given, str) and given and "${" not in given:
+        raise ConfigError(
+            [
+                (
+                    "paths.output_dir",
+                    f"{given} would be the dir of every job of the sweep: leave it unset (each job writes to its "
+                    "own dir under hydra.sweep.dir) or make it differ per job, e.g. 'paths.output_dir=/scratch/"
+                    "run_${hydra:job.num}'",
+                )
+            ]
+        )
+    set_output_dir(cfg)
+    return cfg
+
+
 PLUGINS = {  # the config group options that need a Hydra plugin of the sweeps extra, and its module
     "launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
     "launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
@@ -119,8 +138,7 @@ def main() -> None:
         from tfgraph.train import train
 
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            set_output_dir(cfg)
-            return sweep_job(train, cfg)  # the objective, or a FailedJob: the sweep goes on
+            return sweep_job(lambda cfg: train(sweep_output_dir(cfg)), cfg)  # the objective, or a FailedJob
         metrics = run_job(train, cfg)
         return metrics.get(cfg.get("optimized_metric"))
 
