@@ -429,6 +429,20 @@ def test_the_optuna_preset_searches_the_architecture_under_a_budget_in_the_direc
         assert set(choices) <= {p.stem for p in (conf_dir() / "model" / option).glob("*.yaml")}
 
 
+def test_the_ablation_sweeps_eight_architectures_at_one_parameter_budget() -> None:
+    import itertools
+
+    params = hydra_config("experiment=ablation_shakespeare").hydra.sweeper.params
+    grid = [[(key, value) for value in str(values).split(",")] for key, values in params.items()]
+    counts = []
+    for combination in itertools.product(*grid):
+        cfg = tfgraph.compose(["experiment=ablation_shakespeare", *(f"{key}={value}" for key, value in combination)])
+        assert cfg.trainer.max_steps == 1500 and cfg.data.block_size == 128
+        counts.append(tfgraph.build_model({**cfg.model, "vocab_size": 89}).num_parameters())  # shakespeare's 89
+    assert len(counts) == 8 and len(set(counts)) > 1
+    assert max(counts) / min(counts) - 1 < 0.005  # the same budget to within 0.5%
+
+
 def test_the_launcher_presets_pick_the_plugins_and_size_a_slurm_job_from_the_trainer() -> None:
     assert hydra_config("launcher=joblib").hydra.launcher._target_.endswith("JoblibLauncher")
     local = hydra_config("launcher=submitit_local").hydra.launcher
