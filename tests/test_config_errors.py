@@ -24,6 +24,34 @@ def problems_of(overrides: list[str]) -> dict[str, str]:
     return dict(info.value.problems)
 
 
+# ------------------------------------------------------------------------------------------------ composing
+
+
+def test_compose_reports_an_unknown_option_key_or_override_as_a_config_error_at_its_path():
+    def problems(overrides: list[str]) -> dict[str, str]:
+        with pytest.raises(ConfigError) as info:
+            tfgraph.compose(overrides)
+        return dict(info.value.problems)
+
+    message = problems(["model/norm=rmsnrom"])["model/norm"]
+    assert message == "no option 'rmsnrom': did you mean 'rmsnorm'? options are layernorm, rmsnorm, scalenorm"
+    assert "options are bert, bert_tiny, gpt2" in problems(["model=nosuch"])["model"]
+    assert problems(["model.nosuchkey=1"]) == {
+        "model.nosuchkey": "no such key to override (to add it: +model.nosuchkey=1)"
+    }
+    assert "no viable alternative" in problems(["model.d_model=[1"])[""]
+
+
+def test_compose_works_inside_another_hydra_context_and_leaves_it_as_it_was():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(tfgraph.config.conf_dir()), version_base="1.3"):
+        assert tfgraph.compose(["model=llama_tiny"]).model.topology == "decoder_only"
+        assert compose("train", overrides=["model=t5_tiny"]).model.topology == "encoder_decoder"  # still usable
+    assert not GlobalHydra.instance().is_initialized()
+
+
 # ------------------------------------------------------------------------------------------------ registry
 
 

@@ -101,7 +101,8 @@ def test_flops_of_a_large_mixture_of_experts_are_not_made_up() -> None:
 
 def test_dot_has_every_node_of_every_layer_graph(tmp_path: Path) -> None:
     out = tmp_path / "t5.dot"
-    assert _show("model=t5_tiny", "format=dot", f"out={out}") == f"wrote {out}"
+    params = _built("model=t5_tiny").num_parameters()
+    assert _show("model=t5_tiny", "format=dot", f"out={out}") == f"wrote {out}\nparams: {params}"
     source = out.read_text()
     model = _built("model=t5_tiny")
     for stack in ("encoder", "decoder"):
@@ -143,7 +144,9 @@ def test_command_renders_svg(tmp_path: Path) -> None:
         "model=t5_tiny", "model.n_layers=3", "model.n_decoder_layers=1", "format=svg", "out=t5.svg", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "wrote t5.svg"
+    params = _built("model=t5_tiny", "model.n_layers=3", "model.n_decoder_layers=1").num_parameters()
+    assert result.stdout.strip() == f"wrote t5.svg\nparams: {params}"  # the contract's line, with a picture too
+    assert _params_line(result.stdout) == params
     assert (tmp_path / "t5.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
     assert [p.name for p in tmp_path.iterdir()] == ["t5.svg"]
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -261,6 +264,35 @@ def test_unknown_tasks_and_options_are_config_errors_with_suggestions() -> None:
         build_task({"name": "causal_lm"}, **common, optimizer={"name": "adamw", "lr_": 1})
     with pytest.raises(tfgraph.ConfigError, match="scheduler.name: unknown scheduler 'cosin'"):
         build_task({"name": "causal_lm"}, **common, optimizer=OPTIMIZER, scheduler={"name": "cosin"})
+
+
+def test_optimizer_and_schedule_values_the_optimizer_refuses_are_config_errors_naming_each_key() -> None:
+    from tfgraph.tasks.optim import check_optimizer, check_scheduler
+
+    with pytest.raises(tfgraph.ConfigError) as info:
+        check_optimizer({"name": "adamw", "lr": -1, "betas": [0.9, 1.5], "weight_decay": 0.1})
+    problems = dict(info.value.problems)
+    assert problems.keys() == {"optimizer.lr", "optimizer.betas"}
+    assert "Invalid learning rate: -1" in problems["optimizer.lr"]
+    check_optimizer({"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True})  # valid together
+    with pytest.raises(tfgraph.ConfigError, match=r"optimizer.nesterov: True is refused by SGD: Nesterov"):
+        check_optimizer({"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": True})
+    with pytest.raises(tfgraph.ConfigError) as info:
+        check_scheduler({"name": "cosine", "warmup_steps": -5, "min_lr_ratio": 2})
+    assert dict(info.value.problems).keys() == {"scheduler.warmup_steps", "scheduler.min_lr_ratio"}
+    check_scheduler({"name": "linear", "warmup_steps": 0, "min_lr_ratio": 0})
+
+
+def test_the_train_command_refuses_a_bad_learning_rate_before_training(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tfgraph.cli.train", "experiment=reverse", "optimizer.lr=-1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "optimizer.lr: -1 is refused by AdamW: Invalid learning rate: -1" in done.stderr
+    assert "GPU available" not in done.stderr  # refused before the trainer is built
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -240,6 +240,25 @@ def test_a_task_refuses_a_topology_that_does_not_fit_and_says_which_fit(tmp_path
         assert topology in message
 
 
+def test_the_config_mistakes_found_before_any_data_are_reported_together(tmp_path: Path) -> None:
+    cfg = tfgraph.compose(
+        [
+            "model=transformer_tiny",
+            "task=causal_lm",
+            "model.n_heads=5",
+            "optimizer.lr=-1",
+            "optimized_mode=maximum",
+            "data=text",
+            f"data.path={tmp_path / 'no_such_file.txt'}",  # reading it would be a DataError
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    with pytest.raises(tfgraph.ConfigError) as err:
+        train(cfg)
+    paths = [path for path, _ in err.value.problems]
+    assert paths[:3] == ["optimized_mode", "optimizer.lr", "model.topology"] and "model.n_heads" in paths
+
+
 def test_data_that_does_not_feed_the_task_is_refused(tmp_path: Path) -> None:
     with pytest.raises(tfgraph.ConfigError, match="feeds seq2seq, not task causal_lm"):
         train(run_config(tmp_path, "causal_lm", "gpt2_tiny", data={"task": "seq2seq"}))

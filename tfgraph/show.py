@@ -73,7 +73,7 @@ def show(cfg: DictConfig, *, name: str | None = None) -> str:
 
     Returns:
         For ``format=text``, the tree and its summary (with the line ``params: N``); for the picture formats,
-        a line saying where the file was written.
+        a line saying where the file was written, then ``params: N``.
 
     Raises:
         tfgraph.ConfigError: for any config mistake.
@@ -96,7 +96,7 @@ def show(cfg: DictConfig, *, name: str | None = None) -> str:
         path.write_text(graph.source, encoding="utf-8")
     else:
         path.write_bytes(render(graph, fmt))
-    return f"wrote {path}"
+    return f"wrote {path}\nparams: {model.num_parameters()}"
 
 
 def _options(cfg: DictConfig) -> tuple[str, str | None, int | None]:

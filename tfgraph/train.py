@@ -39,6 +39,7 @@ from tfgraph.show import MAX_LEN_COUNTED, count_flops
 from tfgraph.sweeps import write_json
 from tfgraph.tasks import CausalLM, Task, build_task, load_checkpoint, task_class
 from tfgraph.tasks.callbacks import ValidateAtLastStep, is_last_step
+from tfgraph.tasks.optim import check_optimizer, check_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     cfg = copy.deepcopy(cfg)
     output_dir = prepare_output_dir(cfg)
     load_plugins(cfg.get("plugins"), "plugins")
-    check_optimized_mode(cfg)
+    max_params = check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # first: a missing logger package is found before any data is read
-    task, datamodule = resume(cfg.ckpt_path) if cfg.get("ckpt_path") else build(cfg)
+    task, datamodule = resume(cfg.ckpt_path) if cfg.get("ckpt_path") else build(cfg, max_params)
     check_optimized_metric(cfg, task)
     tokenizer = datamodule.tokenizer
     tokenizer.save(output_dir / "tokenizer.json")
@@ -109,12 +110,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def build(cfg: DictConfig) -> tuple[Task, pl.LightningDataModule]:
-    """The task and its data from a config: the data set up first, its vocabulary size into the model config."""
+def check_config(cfg: DictConfig) -> int | None:
+    """Every check that needs no data, all of them reported together in one ConfigError: ``optimized_mode``,
+    the optimizer and schedule, and (a new run) whether the task takes the model's topology, ``max_params`` and
+    the model itself, built on the ``meta`` device. Returns the parameter budget (None: none)."""
+    problems: list[tuple[str, str]] = []
+    max_params = None
+
+    def collect(check: Any, *args: Any) -> Any:
+        try:
+            return check(*args)
+        except ConfigError as err:
+            problems.extend(item for item in err.problems if item not in problems)
+            return None
+
+    collect(check_optimized_mode, cfg)
+    collect(check_optimization, cfg)
+    if not cfg.get("ckpt_path"):
+        collect(lambda: task_class(cfg.task.get("name")).check_topology(cfg.model.get("topology")))
+        max_params = collect(check_max_params, cfg.get("max_params"))
+        collect(check_model, plain(cfg.model), max_params)
+    if problems:
+        raise ConfigError(problems)
+    return max_params
+
+
+def build(cfg: DictConfig, max_params: int | None = None) -> tuple[Task, pl.LightningDataModule]:
+    """The task and its data from a config (checked by :func:`check_config`): the data set up first, its
+    vocabulary size into the model config."""
     task_cfg = plain(cfg.task)
-    task_class(task_cfg.get("name")).check_topology(cfg.model.get("topology"))  # before any data is read
-    max_params = check_max_params(cfg.get("max_params"))
-    check_model(plain(cfg.model), max_params)
     data_cfg = absolute_paths(plain(cfg.data))
     datamodule = build_datamodule(data_cfg)
     check_fits(task_cfg.get("name"), datamodule)
@@ -311,6 +335,14 @@ def check_lengths(task_name: str | None, model_cfg: Mapping[str, Any], data_cfg:
                 )
             ]
         )
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """The ``optimizer`` and ``scheduler`` settings, values included, before the trainer or any data exists."""
+    if cfg.get("optimizer") is not None:
+        check_optimizer(plain(cfg.optimizer))
+    if cfg.get("scheduler") is not None:
+        check_scheduler(plain(cfg.scheduler))
 
 
 def check_optimized_mode(cfg: DictConfig) -> None:

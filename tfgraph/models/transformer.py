@@ -179,8 +179,9 @@ class Transformer(nn.Module):
     def check_single_stack(self, decoder_input_ids: Tensor | None, decoder_attention_mask: Tensor | None) -> None:
         """Refuse decoder inputs given to a model with one stack."""
         if decoder_input_ids is not None or decoder_attention_mask is not None:
+            article = "an" if self.topology.startswith(("a", "e", "i", "o", "u")) else "a"
             raise ValueError(
-                f"a {self.topology} model reads input_ids (and attention_mask) only; it has no decoder inputs"
+                f"{article} {self.topology} model reads input_ids (and attention_mask) only; it has no decoder inputs"
             )
 
     def aux_loss(self) -> Tensor | None:

@@ -84,15 +84,42 @@ def _named(table: Mapping[str, Any], cfg: Mapping[str, Any], path: str) -> tuple
 
 
 def check_optimizer(cfg: Mapping[str, Any]) -> None:
-    """Check an optimizer config without building anything."""
+    """Check an optimizer config, its values too (``lr=-1``), on one throwaway parameter: the model's are not
+    needed, and PyTorch's own checks decide what is valid."""
     cls, options = _named(OPTIMIZERS, cfg, "optimizer")
     check_keys(options, keyword_params(cls), "optimizer")
+
+    def refusal(**given: Any) -> str | None:
+        try:
+            cls([torch.zeros(1, requires_grad=True)], **given)
+        except (ValueError, TypeError, RuntimeError) as err:
+            return str(err)
+        return None
+
+    together = refusal(**options)
+    if together is None:
+        return
+    problems = [  # each value the optimizer refuses even alone, so that each is named
+        (f"optimizer.{key}", f"{value!r} is refused by {cls.__name__}: {why}")
+        for key, value in options.items()
+        if (why := refusal(**{key: value})) is not None
+    ]
+    raise ConfigError(problems or [("optimizer", f"{cls.__name__} refuses these settings together: {together}")])
 
 
 def check_scheduler(cfg: Mapping[str, Any]) -> None:
     """Check a scheduler config without building anything."""
     fn, options = _named(SCHEDULES, cfg, "scheduler")
     check_keys(options, [p for p in keyword_params(fn) if p != "total_steps"], "scheduler")
+    problems = []
+    warmup = options.get("warmup_steps", 0)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        problems.append(("scheduler.warmup_steps", f"expected a whole number of steps >= 0, got {warmup!r}"))
+    ratio = options.get("min_lr_ratio", 0.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        problems.append(("scheduler.min_lr_ratio", f"expected a fraction of the peak lr in [0, 1], got {ratio!r}"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def build_optimizer(module: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
