@@ -24,9 +24,11 @@ from tfgraph.attention_maps import attention_report
 from tfgraph.data.tokenizers import KINDS, Tokenizer, build_tokenizer
 from tfgraph.decoding import Completion, generate_text
 from tfgraph.decoding.api import Strategy
+from tfgraph.decoding.text import token_defaults
 from tfgraph.models import build_model
 from tfgraph.registry import ConfigError, load_plugins, suggest
 from tfgraph.tasks import CausalLM, Task, load_checkpoint, load_task
+from tfgraph.train import plain
 
 GENERATIVE_TASKS = ("causal_lm", "seq2seq")
 STRATEGIES = ("greedy", "sample", "beam")
@@ -100,7 +102,7 @@ def generate(
     if isinstance(prompt, Tensor):
         if stream is not False:
             raise ValueError("stream is for text prompts; with token ids give a streamer= callback")
-        defaults = {} if tokenizer is None else _token_defaults(model, tokenizer)
+        defaults = {} if tokenizer is None else token_defaults(model, tokenizer)
         options = {**defaults, **options}
         return decoding.generate_windowed(
             model, prompt, max_new_tokens=max_new_tokens, strategy=strategy, context=settings["context"], **options
@@ -137,14 +139,6 @@ def _generator(source: nn.Module | Task | str | Path, tokenizer: Tokenizer | Non
     raise TypeError(f"generate from a checkpoint path, a task or a model, not a {type(source).__name__}")
 
 
-def _token_defaults(model: nn.Module, tokenizer: Tokenizer) -> dict[str, int]:
-    """Stop, padding and (encoder-decoder) start tokens from the tokenizer."""
-    defaults = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
-    if model.topology == "encoder_decoder":
-        defaults["decoder_start_token_id"] = tokenizer.bos_id
-    return defaults
-
-
 def _print_now(text: str) -> None:
     print(text, end="", flush=True)
 
@@ -173,7 +167,7 @@ def generate_from_config(cfg: DictConfig, out: TextIO | None = None) -> list[lis
         known = f"expected one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}{suggest(cfg.strategy, STRATEGIES)}"
         raise ConfigError([("strategy", known)])
     prompts = _prompts(cfg)
-    options = {key: _plain(cfg[key]) for key in DECODING_KEYS if cfg.get(key) is not None}
+    options = {key: plain(cfg[key]) for key in DECODING_KEYS if cfg.get(key) is not None}
     if cfg.strategy == "sample" and cfg.get("seed") is not None:
         options["seed"] = int(cfg.seed)  # greedy and beam draw nothing: a seed means nothing to them
     model, tokenizer, settings = _generator(task, None)
@@ -241,10 +235,6 @@ def _key_named_in(message: str) -> str:
     if found:
         return min(found)[1]
     return "prompt" if "prompt" in message else ""
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 # --------------------------------------------------------------------------------------- tfgraph-attention
@@ -322,7 +312,7 @@ def _layers(layers: Any) -> list[int] | None:
     """``all`` -> None; an index or a list of them -> the list."""
     if layers == "all":
         return None
-    chosen = [layers] if isinstance(layers, int) else _plain(layers)
+    chosen = [layers] if isinstance(layers, int) else plain(layers)
     if not isinstance(chosen, list) or not chosen or not all(isinstance(i, int) for i in chosen):
         raise ConfigError([("layers", f"expected all, a layer index or a list of them ([0,2]), got {layers!r}")])
     return chosen

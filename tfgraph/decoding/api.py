@@ -205,10 +205,15 @@ def _sampler(generator: torch.Generator, **settings: float | int | None) -> Call
     return pick
 
 
-def _stop_ids(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor | None:
+def stop_tokens(eos_token_id: int | Sequence[int] | None) -> list[int]:
+    """The stop tokens an ``eos_token_id`` argument names, in its order."""
     if eos_token_id is None:
-        return None
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        return []
+    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+
+def _stop_ids(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor | None:
+    ids = stop_tokens(eos_token_id)
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 

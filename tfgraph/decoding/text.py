@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from tfgraph.decoding.api import stop_tokens
 from tfgraph.decoding.session import pad_prompts
-from tfgraph.decoding.window import generate_windowed, stop_tokens
+from tfgraph.decoding.window import generate_windowed
 
 
 class TextTokenizer(Protocol):
@@ -119,10 +120,8 @@ def generate_text(
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
     encoder_decoder = getattr(model, "topology", None) == "encoder_decoder"
-    options.setdefault("eos_token_id", tokenizer.eos_id)
-    options.setdefault("pad_token_id", tokenizer.pad_id)
+    options = {**token_defaults(model, tokenizer), **options}
     if encoder_decoder:
-        options.setdefault("decoder_start_token_id", tokenizer.bos_id)
         prefixes = [tokenizer.encode(p) for p in prompts]
         if not all(prefixes):
             raise ValueError(f"an encoder-decoder needs a source to translate; prompt {prefixes.index([])} is empty")
@@ -163,7 +162,15 @@ def generate_text(
     return completions
 
 
-def _until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+def token_defaults(model: nn.Module, tokenizer: TextTokenizer) -> dict[str, int]:
+    """Stop, padding and (encoder-decoder) start tokens from the tokenizer: ``generate``'s defaults for its model."""
+    defaults = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    if getattr(model, "topology", None) == "encoder_decoder":
+        defaults["decoder_start_token_id"] = tokenizer.bos_id
+    return defaults
+
+
+def _until_stop(tokens: list[int], stop_ids: list[int]) -> list[int]:
     for i, token in enumerate(tokens):
         if token in stop_ids:
             return tokens[: i + 1]

@@ -10,13 +10,13 @@ step, which re-reads the whole window for every token.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tfgraph.decoding.api import GenerateOutput, generate
+from tfgraph.decoding.api import GenerateOutput, generate, stop_tokens
 
 
 def generate_windowed(
@@ -105,10 +105,3 @@ def generate_windowed(
         if len(chunk) < steps or int(chunk[-1]) in stop_ids:
             break
     return GenerateOutput(sequences=torch.cat(new_tokens)[None], logits=torch.cat(logits, dim=1) if logits else None)
-
-
-def stop_tokens(eos_token_id: int | Sequence[int] | None) -> set[int]:
-    """The stop tokens an ``eos_token_id`` argument names, as a set."""
-    if eos_token_id is None:
-        return set()
-    return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
