@@ -125,6 +125,7 @@ def check_config(cfg: DictConfig) -> int | None:
             return None
 
     collect(check_optimized_mode, cfg)
+    collect(check_trainer_values, cfg.get("trainer"))
     collect(check_optimization, cfg)
     if not cfg.get("ckpt_path"):
         collect(lambda: task_class(cfg.task.get("name")).check_topology(cfg.model.get("topology")))
@@ -343,6 +344,60 @@ def check_optimization(cfg: DictConfig) -> None:
         check_optimizer(plain(cfg.optimizer))
     if cfg.get("scheduler") is not None:
         check_scheduler(plain(cfg.scheduler))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _share(value: Any) -> bool:
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+# the Trainer's counting settings: (what a value must be, the test) -- Lightning's own messages name no config key
+TRAINER_VALUES: dict[str, tuple[str, Any]] = {
+    "max_steps": ("-1 (no limit) or a positive number of steps", lambda v: _whole(v) and (v == -1 or v > 0)),
+    "max_epochs": ("null, -1 (no limit) or a positive number of epochs", lambda v: v is None or _whole(v) and v >= -1),
+    "val_check_interval": (
+        "a positive number of steps, or a share of an epoch in (0, 1]",
+        lambda v: v is None or _whole(v) and v > 0 or isinstance(v, float) and 0 < v <= 1,
+    ),
+    "check_val_every_n_epoch": ("null or a positive number of epochs", lambda v: v is None or _whole(v) and v > 0),
+    "log_every_n_steps": ("a positive number of steps", lambda v: _whole(v) and v > 0),
+    "accumulate_grad_batches": ("a positive number of batches", lambda v: _whole(v) and v > 0),
+    "num_sanity_val_steps": ("-1 (all) or a number of batches >= 0", lambda v: _whole(v) and v >= -1),
+    "gradient_clip_val": (
+        "null or a number >= 0",
+        lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+    ),
+    "devices": ("a positive number, a list of device indices, -1 or auto", lambda v: v != 0 and v is not None),
+    "num_nodes": ("a positive number of machines", lambda v: _whole(v) and v > 0),
+    **{
+        f"limit_{split}_batches": (
+            "null, a number of batches >= 0 or a share in [0, 1]",
+            lambda v: v is None or _whole(v) and v >= 0 or _share(v),
+        )
+        for split in ("train", "val", "test", "predict")
+    },
+    "overfit_batches": ("a number of batches >= 0 or a share in [0, 1]", lambda v: _whole(v) and v >= 0 or _share(v)),
+}
+
+
+def check_trainer_values(trainer_cfg: DictConfig | None) -> None:
+    """The Trainer's counting settings (steps, epochs, intervals, limits), each named by its key, before the
+    Trainer exists: Lightning's own errors for them name no config key, and some (a negative ``max_steps`` among
+    them) it takes without a word."""
+    if trainer_cfg is None:
+        return
+    problems = []
+    for key, (expected, fits) in TRAINER_VALUES.items():
+        if key not in trainer_cfg or OmegaConf.is_missing(trainer_cfg, key):
+            continue
+        value = plain(trainer_cfg[key]) if OmegaConf.is_config(trainer_cfg[key]) else trainer_cfg[key]
+        if not fits(value):
+            problems.append((f"trainer.{key}", f"expected {expected}, got {value!r}"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def check_optimized_mode(cfg: DictConfig) -> None:
