@@ -7,6 +7,10 @@
 | :class:`LabeledDataModule` | sequence_classification | CSV/TSV/JSONL (text, label) |
 | :class:`ConllDataModule` | token_classification | CoNLL columns, WNUT-16 |
 | :class:`HFDataModule` | any of these | Hugging Face ``datasets``, local files or a saved dataset only |
+
+A mistake in a data config is a :class:`DataConfigError` (a ``tfgraph.ConfigError`` naming each key, also a
+:class:`DataError`), found before any data is read; missing or malformed data is a :class:`DataError` naming the
+file (and line). The checks live in :mod:`tfgraph.data.checks`.
 """
 
 from tfgraph.data.datamodules import (
@@ -17,11 +21,12 @@ from tfgraph.data.datamodules import (
     PairsDataModule,
     TextDataModule,
 )
-from tfgraph.data.errors import DataError
+from tfgraph.data.errors import DataConfigError, DataError
 from tfgraph.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 __all__ = [
     "ConllDataModule",
+    "DataConfigError",
     "DataError",
     "ExamplesDataModule",
     "HFDataModule",

@@ -12,17 +12,18 @@ data's own seed, apart from the training seed, so a sweep over training seeds ev
 from __future__ import annotations
 
 import functools
-import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tfgraph.data import readers, sources
-from tfgraph.data.errors import DataError, check_choice
+from tfgraph.data import checks, readers, sources
+from tfgraph.data.checks import BLOCK_SIZE, Rule, column, flag, one_of, option_names, options, text, whole_number
+from tfgraph.data.errors import DataError
 from tfgraph.data.examples import (
     EpochShuffle,
     Examples,
@@ -38,6 +39,7 @@ from tfgraph.data.synthetic import synthetic_splits
 from tfgraph.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -52,26 +54,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def call_source(function: Callable[..., Any], options: Mapping[str, Any] | None, source: str, **fixed: Any) -> Any:
-    """``function(**fixed, **options)``, with an error naming the source and its options for an unknown one."""
-    options = dict(_plain(options) or {})
-    allowed = [name for name in inspect.signature(function).parameters if name not in fixed]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        have = ", ".join(allowed) or "none"
-        raise DataError(f"source {source!r}: unknown source_options {', '.join(unknown)}; its options: {have}")
-    return function(**fixed, **options)
+def call_source(function: Callable[..., Any], source_options: Mapping[str, Any] | None, **fixed: Any) -> Any:
+    """``function(**fixed, **source_options)`` (the options' names were checked with the settings)."""
+    return function(**fixed, **dict(_plain(source_options) or {}))
 
 
 class ExamplesDataModule(pl.LightningDataModule):
     """What every tfgraph DataModule shares: splits, the tokenizer, datasets and loaders.
 
     A subclass says which :class:`~tfgraph.data.examples.Examples` it holds and reads its splits
-    (:meth:`read_splits`).
+    (:meth:`read_splits`); its own settings come with their rules (:attr:`RULES`, :attr:`SOURCE_OPTIONS`).
+    Every setting is checked when the DataModule is built, before any data is read, and all problems are
+    reported together in one :class:`~tfgraph.data.errors.DataConfigError` (``data.<key>: ...``); the files
+    are checked when it is set up, before they are read (:mod:`tfgraph.data.checks`).
 
     Args:
         examples: how the examples are held out, tokenized and batched.
         default_name: the name when ``name`` is None and no path gives one (the source's name).
+        settings: the subclass's own arguments by config key (``source``, ``block_size``, ...), checked with
+            the shared ones.
         name: the data's name in logs and run directories (None: the stem of the data file).
         path: the one file (or folder, or glob) that val and test are held out of.
         train_path: instead of ``path``, the training split's file; ``val_path`` and ``test_path`` those of
@@ -90,11 +91,16 @@ class ExamplesDataModule(pl.LightningDataModule):
         label_names: the label ids' names (from a checkpoint, for evaluation); None: every label seen, sorted.
     """
 
+    RULES: ClassVar[Mapping[str, Rule]] = {}  # the rules of the subclass's own settings
+    SOURCE_OPTIONS: ClassVar[Mapping[str, Sequence[str]]] = {}  # the source_options each source takes
+    MANY_FILES: ClassVar[bool] = False  # a path may name a folder or a glob (else one file)
+
     def __init__(
         self,
         *,
         examples: Examples,
         default_name: str,
+        settings: Mapping[str, Any] | None = None,
         name: str | None = None,
         path: str | None = None,
         train_path: str | None = None,
@@ -113,10 +119,27 @@ class ExamplesDataModule(pl.LightningDataModule):
         label_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-            raise DataError(f"need 0 <= val_fraction, test_fraction and a sum < 1; got {val_fraction}, {test_fraction}")
-        if tokenizer_json is not None and tokenizer_path is not None:
-            raise DataError("give tokenizer_json or tokenizer_path, not both")
+        shared = {
+            "name": name,
+            "path": path,
+            "train_path": train_path,
+            "val_path": val_path,
+            "test_path": test_path,
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "tokenizer": tokenizer,
+            "vocab_size": vocab_size,
+            "tokenizer_opts": tokenizer_opts,
+            "tokenizer_json": tokenizer_json,
+            "tokenizer_path": tokenizer_path,
+            "label_names": label_names,
+        }
+        own = {key: _plain(value) for key, value in {**shared, **(settings or {})}.items()}
+        checks.check_settings(own, {**checks.SHARED_RULES, **self.RULES}, self.SOURCE_OPTIONS)
+        self.source: str = own.get("source", "file")
         self.examples = examples
         self.name = name or _name(path or train_path, default_name)
         self.path, self.train_path, self.val_path, self.test_path = path, train_path, val_path, test_path
@@ -145,28 +168,32 @@ class ExamplesDataModule(pl.LightningDataModule):
         """The raw examples of each split (``train``, ``val``, ``test``)."""
         raise NotImplementedError
 
-    def check_source(self, source: str, source_options: Mapping[str, Any] | None) -> None:
-        """Paths are for ``source: file`` only, ``source_options`` for the other sources only."""
+    def origin(self, split: str) -> str:
+        """Where a split's examples come from, for messages: its own file, the file it is held out of, or the
+        source."""
+        if self.source != "file":
+            return f"source {self.source!r}"
+        own = {"val": self.val_path, "test": self.test_path}.get(split)
+        return str(own or (self.path if self.path is not None else self.train_path))
+
+    def check_files(self) -> None:
+        """Before any file is read: which files (``path`` or ``train_path``), and are they there; one
+        DataConfigError at their keys (``data.val_path: dev.tsv: no such file``)."""
+        resolve = readers.expand_paths if self.MANY_FILES else readers.check_file
         paths = {
             "path": self.path,
             "train_path": self.train_path,
             "val_path": self.val_path,
             "test_path": self.test_path,
         }
-        given = [key for key, value in paths.items() if value]
-        if source != "file" and given:
-            raise DataError(f"{self.name}: {', '.join(given)} given, but the data comes from source {source!r}")
-        if source == "file" and _plain(source_options):
-            raise DataError(f"{self.name}: source_options apply to the corpus and synthetic sources, not to files")
-
-    def check_paths(self) -> None:
-        """Exactly one of ``path`` and ``train_path``."""
-        if (self.path is None) == (self.train_path is None):
-            raise DataError(f"{self.name}: give `path` (splits held out of it) or `train_path`, exactly one")
+        problems = []
+        if self.source == "file":
+            problems += checks.file_problems(paths, resolve, what="file, folder or glob" if self.MANY_FILES else "file")
+        problems += checks.tokenizer_file_problems(self.tokenizer_path, readers.check_file)
+        checks.raise_problems(problems)
 
     def splits_from_files(self, read: Callable[[str], list[Any]]) -> dict[str, list[Any]]:
         """Splits from their own files, or held out of ``path`` (or of ``train_path``) where a file is missing."""
-        self.check_paths()
         train = read(self.path if self.path is not None else self.train_path)  # type: ignore[arg-type]
         fractions = (0.0 if self.val_path else self.val_fraction, 0.0 if self.test_path else self.test_fraction)
         train, val, test = self.examples.hold_out(train, *fractions, self.seed)
@@ -188,16 +215,42 @@ class ExamplesDataModule(pl.LightningDataModule):
         """Read the splits, train (or load) the tokenizer on the training split, encode every split."""
         if self.datasets:
             return
+        self.check_files()
         splits = self.read_splits()
         if not splits.get("train"):
-            raise DataError(f"{self.name}: the training split is empty")
+            raise DataError(self._no_training_examples(splits))
         self.splits = splits
         self.label_names = self.examples.label_names(splits, self.given_label_names)
         self.tokenizer = self._tokenizer(splits["train"])
-        self.datasets = {
+        datasets = {
             split: self.examples.dataset(examples, self.tokenizer, self.label_names, train=split == "train")
             for split, examples in splits.items()
         }
+        if isinstance(self.examples, TextExamples):
+            self._check_windows(datasets)
+        self.datasets = datasets
+
+    def _no_training_examples(self, splits: Mapping[str, list[Any]]) -> str:
+        held = sum(len(splits.get(s) or []) for s, own in (("val", self.val_path), ("test", self.test_path)) if not own)
+        why = "no training examples"
+        if held:
+            why += (
+                f": all {held} examples are held out by data.val_fraction={self.val_fraction} and "
+                f"data.test_fraction={self.test_fraction}; lower them or give more examples"
+            )
+        return f"{self.origin('train')}: {why}"
+
+    def _check_windows(self, datasets: Mapping[str, Any]) -> None:
+        """Refuse a training text shorter than one window; log which of val and test have no full window."""
+        fractions = {"val": self.val_fraction, "test": self.test_fraction}
+        tokens = {
+            split: len(dataset.stream)
+            for split, dataset in datasets.items()
+            if split == "train" or self.splits.get(split) or fractions[split] > 0
+        }
+        origins = {split: self.origin(split) for split in SPLITS}
+        for note in checks.check_windows(tokens, self.examples.block_size, origins, self.tokenizer.kind):
+            log.warning(note)
 
     def _tokenizer(self, train: list[Any]) -> Tokenizer:
         if self.tokenizer_json is not None:
@@ -275,6 +328,14 @@ class TextDataModule(ExamplesDataModule):
     """
 
     SOURCES = ("file", "shakespeare", "ptb")
+    SOURCE_OPTIONS = {"shakespeare": option_names(sources.shakespeare), "ptb": option_names(sources.ptb)}
+    RULES = {
+        "source": one_of("text source", SOURCES),
+        "block_size": BLOCK_SIZE,
+        "split_lines": flag,
+        "source_options": options,
+    }
+    MANY_FILES = True
 
     def __init__(
         self,
@@ -285,25 +346,28 @@ class TextDataModule(ExamplesDataModule):
         source_options: Mapping[str, Any] | None = None,
         **common: Any,
     ) -> None:
-        check_choice("text source", source, self.SOURCES)
-        split_lines = split_lines or source == "ptb"
         super().__init__(
-            examples=TextExamples(block_size=block_size, split_lines=split_lines),
-            default_name="text" if source == "file" else source,
+            examples=TextExamples(block_size=block_size, split_lines=split_lines or source == "ptb"),
+            default_name="text" if source == "file" else str(source),
+            settings={
+                "source": source,
+                "block_size": block_size,
+                "split_lines": split_lines,
+                "source_options": source_options,
+            },
             **common,
         )
-        self.source, self.source_options = source, source_options
-        self.check_source(source, source_options)
+        self.source_options = source_options
 
     def prepare_data(self) -> None:
         if self.source == "shakespeare":
-            call_source(sources.shakespeare, self.source_options, self.source)
+            call_source(sources.shakespeare, self.source_options)
 
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source == "ptb":
-            return call_source(sources.ptb, self.source_options, self.source)
+            return call_source(sources.ptb, self.source_options)
         if self.source == "shakespeare":
-            works = call_source(sources.shakespeare, self.source_options, self.source)
+            works = call_source(sources.shakespeare, self.source_options)
             return self.held_out_of(list(works.values()))
         return self.splits_from_files(readers.read_text)
 
@@ -328,6 +392,18 @@ class PairsDataModule(ExamplesDataModule):
     """
 
     SOURCES = ("file", "bible", *SYNTHETIC_TASKS)
+    SOURCE_OPTIONS = {
+        "bible": option_names(sources.bible),
+        **{task: option_names(synthetic_splits, "task", "seed") for task in SYNTHETIC_TASKS},
+    }
+    RULES = {
+        "source": one_of("pairs source", SOURCES),
+        "format": one_of("format", ("jsonl", "tsv"), optional=True),
+        "source_key": text("a JSONL field's name", optional=False),
+        "target_key": text("a JSONL field's name", optional=False),
+        "max_len": whole_number(2, "a target token and <eos>"),
+        "source_options": options,
+    }
 
     def __init__(
         self,
@@ -340,18 +416,20 @@ class PairsDataModule(ExamplesDataModule):
         source_options: Mapping[str, Any] | None = None,
         **common: Any,
     ) -> None:
-        check_choice("pairs source", source, self.SOURCES)
-        default_name = {"file": "pairs", "bible": "bible_en_es"}.get(source, source)
-        super().__init__(examples=PairExamples(max_len=max_len), default_name=default_name, **common)
-        self.source, self.source_options = source, source_options
-        self.check_source(source, source_options)
-        self.read_options = {"format": format, "source_key": source_key, "target_key": target_key}
+        read_options = {"format": format, "source_key": source_key, "target_key": target_key}
+        super().__init__(
+            examples=PairExamples(max_len=max_len),
+            default_name={"file": "pairs", "bible": "bible_en_es"}.get(str(source), str(source)),
+            settings={"source": source, **read_options, "max_len": max_len, "source_options": source_options},
+            **common,
+        )
+        self.source_options, self.read_options = source_options, read_options
 
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source in SYNTHETIC_TASKS:
-            return call_source(synthetic_splits, self.source_options, self.source, task=self.source, seed=self.seed)
+            return call_source(synthetic_splits, self.source_options, task=self.source, seed=self.seed)
         if self.source == "bible":
-            verses = call_source(sources.bible, self.source_options, self.source)
+            verses = call_source(sources.bible, self.source_options)
             return self.held_out_of([(src, tgt) for _, src, tgt in verses])
         return self.splits_from_files(lambda p: readers.read_pairs(p, **self.read_options))
 
@@ -370,6 +448,13 @@ class LabeledDataModule(ExamplesDataModule):
         **common: as :class:`ExamplesDataModule` (``label_names`` fixes the label ids).
     """
 
+    RULES = {
+        "format": one_of("format", ("csv", "tsv", "jsonl"), optional=True),
+        "text_key": text("a column's (or JSON field's) name", optional=False),
+        "label_key": text("a column's (or JSON field's) name", optional=False),
+        "max_len": whole_number(2, "<bos> and a token"),
+    }
+
     def __init__(
         self,
         *,
@@ -379,8 +464,14 @@ class LabeledDataModule(ExamplesDataModule):
         max_len: int = 256,
         **common: Any,
     ) -> None:
-        super().__init__(examples=LabeledExamples(max_len=max_len), default_name="labeled", **common)
-        self.read_options = {"format": format, "text_key": text_key, "label_key": label_key}
+        read_options = {"format": format, "text_key": text_key, "label_key": label_key}
+        super().__init__(
+            examples=LabeledExamples(max_len=max_len),
+            default_name="labeled",
+            settings={**read_options, "max_len": max_len},
+            **common,
+        )
+        self.read_options = read_options
 
     def read_splits(self) -> dict[str, list[Any]]:
         return self.splits_from_files(lambda p: readers.read_labeled(p, **self.read_options))
@@ -404,6 +495,15 @@ class ConllDataModule(ExamplesDataModule):
     """
 
     SOURCES = ("file", "wnut16")
+    SOURCE_OPTIONS = {"wnut16": ()}
+    RULES = {
+        "source": one_of("conll source", SOURCES),
+        "token_column": column,
+        "tag_column": column,
+        "separator": text("a column separator"),
+        "comment_prefix": text("a comment prefix"),
+        "max_len": whole_number(1),
+    }
 
     def __init__(
         self,
@@ -416,17 +516,19 @@ class ConllDataModule(ExamplesDataModule):
         max_len: int = 256,
         **common: Any,
     ) -> None:
-        check_choice("conll source", source, self.SOURCES)
-        default_name = "wnut16" if source == "wnut16" else "conll"
-        super().__init__(examples=TaggedExamples(max_len=max_len), default_name=default_name, **common)
-        self.source = source
-        self.check_source(source, None)
-        self.read_options = {
+        read_options = {
             "token_column": token_column,
             "tag_column": tag_column,
             "separator": separator,
             "comment_prefix": comment_prefix,
         }
+        super().__init__(
+            examples=TaggedExamples(max_len=max_len),
+            default_name="wnut16" if source == "wnut16" else "conll",
+            settings={"source": source, **read_options, "max_len": max_len},
+            **common,
+        )
+        self.read_options = read_options
 
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source == "wnut16":
@@ -455,6 +557,16 @@ class HFDataModule(ExamplesDataModule):
 
     TASKS = ("causal_lm", "masked_lm", "seq2seq", "sequence_classification", "token_classification")
     VAL_NAMES = ("validation", "val", "valid", "dev")
+    COLUMNS = ("text_column", "label_column", "source_column", "target_column", "tokens_column", "tags_column")
+    RULES = {
+        "task": one_of("task", TASKS),
+        "format": one_of("format", sorted(set(readers.HF_FORMATS.values())), optional=True),
+        **dict.fromkeys(COLUMNS, text("a column's name", optional=False)),
+        "block_size": BLOCK_SIZE,
+        "max_len": whole_number(2, "a token and <bos> or <eos>"),
+        "cache_dir": text("a folder"),
+    }
+    MANY_FILES = True
 
     def __init__(
         self,
@@ -472,7 +584,6 @@ class HFDataModule(ExamplesDataModule):
         cache_dir: str | None = None,
         **common: Any,
     ) -> None:
-        check_choice("task", task, self.TASKS)
         examples: Examples
         if task in TextExamples.fits:
             examples, columns = TextExamples(block_size=block_size), (text_column,)
@@ -482,9 +593,21 @@ class HFDataModule(ExamplesDataModule):
             examples, columns = LabeledExamples(max_len=max_len), (text_column, label_column)
         else:
             examples, columns = TaggedExamples(max_len=max_len), (tokens_column, tags_column)
-        super().__init__(examples=examples, default_name="hf", **common)
+        settings = {
+            "task": task,
+            "format": format,
+            "text_column": text_column,
+            "label_column": label_column,
+            "source_column": source_column,
+            "target_column": target_column,
+            "tokens_column": tokens_column,
+            "tags_column": tags_column,
+            "block_size": block_size,
+            "max_len": max_len,
+            "cache_dir": cache_dir,
+        }
+        super().__init__(examples=examples, default_name="hf", settings=settings, **common)
         self.task, self.columns = task, columns
-        self.check_paths()
         self.format, self.cache_dir = format, cache_dir
 
     def _load(self) -> dict[str, Any]:
@@ -523,7 +646,11 @@ class HFDataModule(ExamplesDataModule):
                 ok = isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)
                 if not ok or not all(isinstance(t, str) for t in tokens):
                     raise DataError(f"{self.name} {split} row {i}: expected equally long lists of tokens and tags")
-                rows.append((tokens, [str(t) for t in tags]))
+                tags = [str(t) for t in tags]
+                problem = next((p for p in map(checks.tag_problem, tags) if p), None)
+                if problem is not None:
+                    raise DataError(f"{self.name} {split} row {i}: {problem}")
+                rows.append((tokens, tags))
             elif isinstance(self.examples, TextExamples):
                 rows.append(_as_text(values[0], split, i, self.columns[0], self.name))
             else:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tfgraph.data.checks import tag_problem
 from tfgraph.data.errors import DataError, at, check_choice
 
 _GLOB_CHARS = set("*?[")
@@ -43,6 +44,16 @@ def expand_paths(spec: str | Path) -> list[Path]:
     return [path]
 
 
+def check_file(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) when it names a file; else a DataError: ``<path>: no such file``."""
+    file = Path(os.path.expanduser(str(path)))
+    if file.is_dir():
+        raise DataError(f"{file}: a folder, not a file")
+    if not file.is_file():
+        raise DataError(f"{file}: no such file")
+    return file
+
+
 def _read_utf8(path: Path) -> str:
     data = path.read_bytes()
     try:
@@ -64,12 +75,15 @@ def read_text(path: str | Path) -> list[str]:
         path: ``book.txt``, ``corpus/`` or ``"corpus/**/*.txt"``.
 
     Returns:
-        One string per file (newlines normalised to ``\\n``).
+        One string per file (newlines normalised to ``\\n``). A file that holds no text is an error, as are
+        a folder or glob all of whose files hold none.
     """
-    texts = []
-    for file in expand_paths(path):
-        text = _read_utf8(file)
-        texts.append(text.replace("\r\n", "\n"))
+    files = expand_paths(path)
+    texts = [_read_utf8(file).replace("\r\n", "\n") for file in files]
+    if not any(text.strip() for text in texts):
+        if len(files) == 1:
+            raise DataError(f"{files[0]}: the file holds no text (it is empty or blank)")
+        raise DataError(f"{path}: none of its {len(files)} files holds any text (they are empty or blank)")
     return texts
 
 
@@ -119,7 +133,7 @@ def read_pairs(
         source_key: the JSONL field of the source text.
         target_key: the JSONL field of the target text.
     """
-    path = Path(path)
+    path = check_file(path)
     fmt = _format_of(path, format, {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".txt": "tsv"})
     pairs = []
     for number, line in _lines(path):
@@ -148,7 +162,8 @@ def read_conll(
 ) -> list[tuple[list[str], list[str]]]:
     """Tagged sentences from CoNLL-style columns: one token a line, a blank line between sentences.
 
-    ``-DOCSTART-`` lines are skipped.
+    ``-DOCSTART-`` lines are skipped. Tags are BIO (``O``, ``B-PER``, ``I-PER``; IOB1, IOE and the ``E-``/``S-``
+    of BIOES too): any other tag is an error at its line (see :func:`~tfgraph.data.checks.tag_problem`).
 
     Args:
         path: the file.
@@ -160,7 +175,7 @@ def read_conll(
     Returns:
         ``(tokens, tags)`` per sentence.
     """
-    path = Path(path)
+    path = check_file(path)
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -186,6 +201,9 @@ def read_conll(
         token, tag = columns[token_column].strip(), columns[tag_column].strip()
         if not token or not tag:
             raise at(path, number, f"empty token or tag: {line!r}")
+        problem = tag_problem(tag)
+        if problem is not None:
+            raise at(path, number, problem)
         tokens.append(token)
         tags.append(tag)
     if tokens:
@@ -209,7 +227,7 @@ def read_labeled(
     Returns:
         ``(text, label)`` per example, the label as a string.
     """
-    path = Path(path)
+    path = check_file(path)
     fmt = _format_of(path, format, {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"})
     examples = []
     if fmt == "jsonl":

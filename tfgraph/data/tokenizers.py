@@ -309,7 +309,7 @@ def _hf_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None, **opt
     return HFTokenizer(kind=kind, tokenizer=tok)
 
 
-_OPTIONS = {
+OPTIONS: dict[str, tuple[str, ...]] = {  # the options each kind takes (tokenizer_opts)
     "byte": (),
     "char": (),
     "word": ("min_freq",),
@@ -331,9 +331,9 @@ def build_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = No
             2 otherwise), ``lowercase`` (wordpiece, default false), ``max_piece_length`` (unigram, default 16).
     """
     check_choice("tokenizer kind", kind, KINDS)
-    unknown = sorted(set(opts) - set(_OPTIONS[kind]))
+    unknown = sorted(set(opts) - set(OPTIONS[kind]))
     if unknown:
-        allowed = ", ".join(_OPTIONS[kind]) or "none"
+        allowed = ", ".join(OPTIONS[kind]) or "none"
         raise DataError(f"{kind} tokenizer: unknown option(s) {', '.join(unknown)}; its options: {allowed}")
     if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
         raise DataError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
