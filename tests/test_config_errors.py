@@ -39,7 +39,7 @@ def test_compose_reports_an_unknown_option_key_or_override_as_a_config_error_at_
     assert problems(["model.nosuchkey=1"]) == {
         "model.nosuchkey": "no such key to override (to add it: +model.nosuchkey=1)"
     }
-    assert "no viable alternative" in problems(["model.d_model=[1"])[""]
+    assert "cannot parse 'model.d_model=[1': no viable alternative" in problems(["model.d_model=[1"])["model.d_model"]
 
 
 def test_compose_works_inside_another_hydra_context_and_leaves_it_as_it_was():
@@ -115,8 +115,8 @@ def test_unknown_model_key_and_unknown_topology():
 
 
 def test_block_constructor_refusal_is_reported_at_the_part():
-    problems = problems_of(["model=gpt2_tiny", "model/attention=sliding_window", "model.attention.window=0"])
-    assert "model.attention" in problems and "window" in problems["model.attention"]
+    problems = problems_of(["model=gpt2_tiny", "+model.attention.n_heads=3"])  # window=0 is refused by bind now
+    assert "model.attention" in problems and "not divisible by n_heads=3" in problems["model.attention"]
 
 
 def test_untieable_head_is_reported():
@@ -330,3 +330,216 @@ def test_plugin_block_chosen_on_the_command_line(tmp_path):
     )
     assert typo.returncode == 2 and "Traceback" not in typo.stderr
     assert "did you mean 'centre_cli'" in typo.stderr
+
+
+# ------------------------------------------------------------------------------------------------ value domains
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "message"),
+    [
+        (["+model.norm.eps=-1"], "model.norm.eps", "expected a positive number, got -1"),
+        (["+model.norm.eps=0"], "model.norm.eps", "expected a positive number, got 0"),
+        (["model/norm=scalenorm", "+model.norm.eps=inf"], "model.norm.eps", "expected a positive number, got inf"),
+        (["+model.attention.softmax_scale=0"], "model.attention.softmax_scale", "expected a positive number, got 0"),
+        (["+model.attention.softmax_scale=-1"], "model.attention.softmax_scale", "expected a positive number, got -1"),
+        (["+model.attention.dropout=1.5"], "model.attention.dropout", "expected a probability in [0, 1), got 1.5"),
+        (
+            ["model/attention=sliding_window", "model.attention.window=0"],
+            "model.attention.window",
+            "expected an integer >= 1, got 0",
+        ),
+        (
+            ["model/position=rope", "model.position.base=-1"],
+            "model.position.base",
+            "expected a positive number, got -1",
+        ),
+        (
+            ["model/position=rope", "+model.position.fraction=0"],
+            "model.position.fraction",
+            "expected a number in (0, 1], got 0",
+        ),
+        (
+            ["model/position=rope", "+model.position.fraction=0.1"],
+            "model.position.fraction",
+            "fraction=0.1 of head_dim=16 (model.d_model / model.n_heads) leaves no pair of dimensions to rotate; "
+            "raise fraction or the head size",
+        ),
+        (
+            ["model/position=t5_bias", "+model.position.num_buckets=1"],
+            "model.position.num_buckets",
+            "expected an integer >= 2, got 1",
+        ),
+        (
+            ["model/position=t5_bias", "+model.position.max_distance=16"],
+            "model.position.max_distance",
+            "expected more than num_buckets // 2 (16), the distance where the logarithmic buckets begin; got 16",
+        ),
+        (["model/ffn=moe", "model.ffn.n_experts=0"], "model.ffn.n_experts", "expected an integer >= 1, got 0"),
+        (
+            ["model/ffn=moe", "model.ffn.n_experts=2", "model.ffn.top_k=3"],
+            "model.ffn.top_k",
+            "expected at most n_experts (2) experts per token, got 3",
+        ),
+        (
+            ["+model.layer.nodes.scaled={block: scale, in: out, value: inf}", "model.layer.output=scaled"],
+            "model.layer.nodes.scaled.value",
+            "expected a finite number, got inf",
+        ),
+    ],
+)
+def test_restricted_block_arguments_are_refused_at_their_path(overrides, path, message):
+    problems = problems_of(["model=gpt2_tiny", *overrides])
+    assert problems[path] == message
+    assert len(problems) == 1  # refused when bound: nothing is built, so no follow-on problem
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "message"),
+    [
+        ("model.d_model=0", "model.d_model", "expected a positive integer, got 0"),
+        ("model.n_layers=-1", "model.n_layers", "expected a positive integer, got -1"),
+        ("model.max_len=0", "model.max_len", "expected a positive integer, got 0"),
+        ("model.d_ff=2.5", "model.d_ff", "expected a positive integer, got 2.5"),
+        ("model.dropout=1.5", "model.dropout", "expected a probability in [0, 1), got 1.5"),
+        ("model.dropout=-0.1", "model.dropout", "expected a probability in [0, 1), got -0.1"),
+        ("model.init_std=inf", "model.init_std", "expected a positive number, got inf"),
+    ],
+)
+def test_model_level_values_are_refused_at_their_path(override, path, message):
+    assert problems_of(["model=gpt2_tiny", override])[path] == message
+
+
+def test_a_size_problem_does_not_break_the_checks_of_blocks_that_read_it():
+    problems = problems_of(["model=gpt2_tiny", "model.d_model=0", "model/position=rope", "model/ffn=moe"])
+    assert problems == {"model.d_model": "expected a positive integer, got 0"}
+
+
+def test_a_plugin_states_the_domains_of_its_arguments(tmp_path, monkeypatch):
+    (tmp_path / "my_domain_blocks.py").write_text(
+        textwrap.dedent(
+            """
+            from typing import Annotated, Any
+
+            from torch import nn
+
+            import tfgraph
+            from tfgraph.registry import AtLeast, Constraint, Positive
+
+
+            @tfgraph.register("op", "clip_test_only")
+            class Clip(nn.Module):
+                def __init__(
+                    self,
+                    *,
+                    low: Annotated[float, Positive] = 1.0,
+                    high: Annotated[float, Positive] = 2.0,
+                    every: Annotated[int, AtLeast(1), Constraint(lambda v: v % 2 == 0, "an even {noun}")] = 2,
+                ) -> None:
+                    super().__init__()
+                    self.low, self.high = low, high
+
+                @staticmethod
+                def check_args(*, low: float, high: float, **_: Any) -> dict[str, str]:
+                    return {"high": f"expected more than low ({low}), got {high}"} if high <= low else {}
+
+                def forward(self, x):
+                    return x.clamp(-self.high, self.high)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["model=gpt2_tiny", "plugins=[my_domain_blocks]", "model.layer.output=clip"]
+    node = "+model.layer.nodes.clip={block: clip_test_only, in: out, %s}"
+    assert problems_of([*base, node % "low: -1, every: 3"]) == {
+        "model.layer.nodes.clip.low": "expected a positive number, got -1",
+        "model.layer.nodes.clip.every": "expected an even integer, got 3",
+    }
+    assert problems_of([*base, node % "low: 3"]) == {
+        "model.layer.nodes.clip.high": "expected more than low (3), got 2.0"
+    }
+    tfgraph.build_model(tfgraph.compose([*base, node % "low: 1.5"]).model)
+
+
+# ------------------------------------------------------------------------------------------------ graph nodes
+
+
+@pytest.mark.parametrize(("kind", "block"), [("position", "learned"), ("embedding", "token"), ("head", "lm_head")])
+def test_a_node_of_a_kind_that_cannot_be_a_node_is_refused_by_name(kind, block):
+    problems = problems_of(
+        ["model=gpt2_tiny", f"+model.layer.nodes.p={{block: {block}, kind: {kind}, in: out}}", "model.layer.output=p"]
+    )
+    message = problems["model.layer.nodes.p.kind"]
+    assert f"a {kind} block cannot be a graph node: it is a model part (model.{kind})" in message
+    assert "a node's kind is one of attention, ffn, norm, op" in message
+
+
+def test_a_plugin_block_without_forward_is_refused_at_its_node():
+    @registry.register("op", "no_forward_test_only")
+    class NoForward(nn.Module):
+        pass
+
+    problems = problems_of(
+        ["model=gpt2_tiny", "+model.layer.nodes.nf={block: no_forward_test_only, in: out}", "model.layer.output=nf"]
+    )
+    assert problems == {
+        "model.layer.nodes.nf.block": "NoForward defines no forward(), so it cannot be a node of a layer graph"
+    }
+
+
+def test_problems_found_again_in_a_second_pattern_entry_still_stop_that_graph():
+    problems = problems_of(["model=gpt2_tiny", "model.pattern=[{}, {}]", "model.layer.nodes.attn.in=nrom1"])
+    assert list(problems) == ["model.layer.nodes.attn.in"]
+    assert "unknown input 'nrom1'" in problems["model.layer.nodes.attn.in"]
+
+
+def test_problems_list_a_repeat_once_but_count_it():
+    problems = registry.Problems()
+    mark = problems.mark()
+    problems.add("model.norm.eps", "expected a positive number, got -1")
+    again = problems.mark()
+    problems.add("model.norm.eps", "expected a positive number, got -1")
+    assert problems.items == [("model.norm.eps", "expected a positive number, got -1")]
+    assert problems.since(mark) and problems.since(again) and not problems.since(problems.mark())
+
+
+# ------------------------------------------------------------------------------------------------ patterns
+
+README_PATTERN = "model.pattern=[{attention: {block: sliding_window, window: 128}}, {}]"
+
+
+def test_a_pattern_entry_that_swaps_a_block_keeps_the_arguments_of_the_part():
+    cfg = tfgraph.compose(["model=llama_tiny", "model.n_layers=4", README_PATTERN])
+    layers = tfgraph.build_model(cfg.model).decoder.layers
+    assert [type(layer.attn).__name__ for layer in layers] == ["SlidingWindowAttention", "MultiHeadAttention"] * 2
+    assert [layer.attn.window for layer in layers] == [128, None, 128, None]
+    assert all(layer.attn.qkv.bias is None and layer.attn.out.bias is None for layer in layers)  # llama: bias off
+
+
+def test_a_pattern_entry_with_inherit_false_starts_from_the_block_defaults():
+    pattern = "model.pattern=[{attention: {block: sliding_window, window: 4, inherit: false}}, {}]"
+    layers = tfgraph.build_model(tfgraph.compose(["model=llama_tiny", pattern]).model).decoder.layers
+    assert layers[0].attn.qkv.bias is not None and layers[1].attn.qkv.bias is None
+
+
+def test_a_pattern_entry_whose_block_cannot_take_an_argument_of_the_part_names_it():
+    problems = problems_of(
+        ["model=gpt2_tiny", "+model.norm.bias=false", "model.pattern=[{norm: {block: rmsnorm}}, {}]"]
+    )
+    assert problems == {
+        "model.pattern[0].norm.bias": (
+            "norm block 'rmsnorm' (RMSNorm) takes no argument 'bias' (set by model.norm.bias); drop it with "
+            "~model.norm.bias (from every layer) or give this entry `inherit: false` (to start from 'rmsnorm''s "
+            "defaults)"
+        )
+    }
+    cfg = tfgraph.compose(
+        ["model=gpt2_tiny", "+model.norm.bias=false", "model.pattern=[{norm: {block: rmsnorm, inherit: false}}, {}]"]
+    )
+    layers = tfgraph.build_model(cfg.model).decoder.layers
+    assert type(layers[0].norm1).__name__ == "RMSNorm" and layers[1].norm1.bias is None
+
+
+def test_an_inherited_argument_is_reported_where_it_is_set():
+    problems = problems_of(["model=gpt2_tiny", "+model.attention.softmax_scale=-1", README_PATTERN])
+    assert problems == {"model.attention.softmax_scale": "expected a positive number, got -1"}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,15 +31,23 @@ from tfgraph.registry import KINDS, Problems, bind, lookup, suggest
 SLOTS = ("norm", "attention", "cross_attention", "ffn")
 SLOT_KINDS = {"norm": "norm", "attention": "attention", "cross_attention": "attention", "ffn": "ffn"}
 NODE_KEYS = ("slot", "block", "kind", "in")
+# The kinds whose blocks map a layer's tensors to tensors; position, embedding and head blocks are model parts
+# (model.position, model.embedding, model.head) that the stack and the model call, never graph nodes.
+NODE_KINDS = ("attention", "ffn", "norm", "op")
 
 
 @dataclass(frozen=True)
 class Part:
-    """A resolved model part: the block class, its own config, and where that config lives."""
+    """A resolved model part: the block class, its own config, and where that config lives.
+
+    ``key_paths`` gives the config path of keys that come from elsewhere (a pattern entry keeps the arguments of
+    the part it overrides); every other key lives at ``path.key``.
+    """
 
     cls: type
     config: Mapping[str, Any]
     path: str
+    key_paths: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ def parse_graph(
     Returns:
         The graph spec, or ``None`` when a problem makes it unbuildable.
     """
-    before = len(problems.items)
+    before = problems.mark()
     if not isinstance(nodes, Mapping) or not nodes:
         problems.add(path, f"expected a mapping of node name to node config, got {nodes!r}")
         return None
@@ -123,13 +131,15 @@ def parse_graph(
                     f"({', '.join(map(str, nodes))}) or the layer's inputs ({', '.join(inputs)})",
                 )
     out_parent = path.rsplit(".", 1)[0]
-    if output not in nodes:
+    if not isinstance(output, str):
+        problems.add(f"{out_parent}.output", f"expected the name of the node the layer returns, got {output!r}")
+    elif output not in nodes:
         problems.add(
             f"{out_parent}.output",
             f"no output: the layer returns node {output!r}, which does not exist{suggest(str(output), map(str, nodes))}; "
             f"nodes are {', '.join(map(str, nodes))}",
         )
-    if len(problems.items) > before or len(specs) < len(nodes):
+    if problems.since(before) or len(specs) < len(nodes):
         return None
 
     order = _topological_order(specs, inputs, path, problems)
@@ -144,7 +154,7 @@ def parse_graph(
             problems.add(
                 path, f"the layer input {layer_input!r} is never read (a decoder layer must cross-attend to it)"
             )
-    if len(problems.items) > before:
+    if problems.since(before):
         return None
     return GraphSpec(inputs=inputs, nodes=tuple(specs[name] for name in order), output=str(output), path=path)
 
@@ -170,7 +180,10 @@ def _parse_node(
     if raw_in is None:
         problems.add(f"{path}.in", "every node needs `in`: the node or layer input(s) it reads")
         return None
-    sources = (raw_in,) if isinstance(raw_in, str) else tuple(raw_in)
+    sources = (raw_in,) if isinstance(raw_in, str) else tuple(raw_in) if isinstance(raw_in, (list, tuple)) else None
+    if sources is None or not all(isinstance(source, str) for source in sources):
+        problems.add(f"{path}.in", f"expected the name of a node or layer input, or a list of names, got {raw_in!r}")
+        return None
     extra = {k: v for k, v in node.items() if k not in NODE_KEYS}
 
     if ("slot" in node) == ("block" in node):
@@ -190,18 +203,30 @@ def _parse_node(
         if part is None:  # the part itself is wrong, and that problem is already recorded
             return None
         cls = part.cls
+        if not _has_forward(cls, f"{part.path}.block", problems):
+            return None
         given = {**part.config, **extra}
-        key_paths = {k: f"{part.path}.{k}" for k in part.config} | {k: f"{path}.{k}" for k in extra}
+        key_paths = {k: part.key_paths.get(k, f"{part.path}.{k}") for k in part.config} | {
+            k: f"{path}.{k}" for k in extra
+        }
         kwargs = bind(cls, given, context=context, path=part.path, problems=problems, key_paths=key_paths)
     else:
         kind = node.get("kind", "op")
-        if kind not in KINDS:
+        if kind not in NODE_KINDS:
+            known = kind in KINDS
             problems.add(
-                f"{path}.kind", f"unknown block kind {kind!r}{suggest(kind, KINDS)}; kinds are {', '.join(KINDS)}"
+                f"{path}.kind",
+                (
+                    f"a {kind} block cannot be a graph node: it is a model part (model.{kind}), used by the stack or "
+                    "the model, not by a layer"
+                    if known
+                    else f"unknown block kind {kind!r}{suggest(kind, NODE_KINDS)}"
+                )
+                + f"; a node's kind is one of {', '.join(NODE_KINDS)}",
             )
             return None
         cls = lookup(kind, node["block"], f"{path}.block", problems)
-        if cls is None:
+        if cls is None or not _has_forward(cls, f"{path}.block", problems):
             return None
         kwargs = bind(cls, extra, context=context, path=path, problems=problems)
 
@@ -213,6 +238,14 @@ def _parse_node(
         )
     source = parts[slot].path if slot is not None else path
     return NodeSpec(name=name, cls=cls, kwargs=kwargs, inputs=sources, path=path, source=source)
+
+
+def _has_forward(cls: type, path: str, problems: Problems) -> bool:
+    """Whether a node's block computes something (a plugin may register one without ``forward``)."""
+    if cls.forward is nn.Module.forward:
+        problems.add(path, f"{cls.__name__} defines no forward(), so it cannot be a node of a layer graph")
+        return False
+    return True
 
 
 def _topological_order(

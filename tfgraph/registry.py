@@ -10,6 +10,22 @@ Model-level sizes (``d_model``, ``n_heads``, ...) reach a block by constructor p
 own config carries only what is its own. Binding is strict: unknown keys, missing arguments and wrong
 types are collected into a :class:`Problems` list, each with its config path, and raised together as one
 :class:`ConfigError`.
+
+A block states the values its arguments may take in its signature, and :func:`bind` checks them before
+anything is built, reporting each at its config path (``model.norm.eps: expected a positive number, got -1``):
+
+- one argument's domain, with ``Annotated`` and a :class:`Constraint` (:data:`Positive`, :data:`Finite`,
+  :data:`Probability`, :func:`AtLeast`, :func:`Interval`, or a ``Constraint`` of your own)::
+
+      def __init__(self, *, d_model: int, eps: Annotated[float, Positive] = 1e-6,
+                   window: Annotated[int, AtLeast(1)] = 4096, scale: Annotated[float, Positive] | None = None)
+
+- relations between arguments, with a static ``check_args`` that receives every bound argument and returns
+  ``{argument: message}`` for each broken one (run only when the arguments passed their own checks)::
+
+      @staticmethod
+      def check_args(*, n_experts: int, top_k: int, **_: Any) -> dict[str, str]:
+          return {"top_k": f"expected at most n_experts ({n_experts}), got {top_k}"} if top_k > n_experts else {}
 """
 
 from __future__ import annotations
@@ -17,11 +33,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 KINDS = ("attention", "ffn", "norm", "position", "embedding", "head", "op")
 ENTRY_POINT_GROUP = "tfgraph.plugins"
@@ -41,14 +59,29 @@ class ConfigError(ValueError):
 
 
 class Problems:
-    """Collects config problems so that all of them are reported together."""
+    """Collects config problems so that all of them are reported together.
+
+    A problem found twice (a model part bound by every node that uses it) is listed once. To learn whether a
+    step found anything, compare :meth:`mark` before it with :meth:`since` after it: they count every
+    :meth:`add`, repeats included, which ``len(items)`` does not.
+    """
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self._added = 0
 
     def add(self, path: str, message: str) -> None:
+        self._added += 1
         if (path, message) not in self.items:
             self.items.append((path, message))
+
+    def mark(self) -> int:
+        """A marker for :meth:`since`: how many problems were added so far, repeats included."""
+        return self._added
+
+    def since(self, mark: int) -> bool:
+        """Whether a problem was added after ``mark`` (also one listed already)."""
+        return self._added > mark
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -56,6 +89,110 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise ConfigError(self.items)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A condition on an argument's value, stated with ``Annotated`` and checked by :func:`bind`.
+
+    ``Annotated[float, Positive]`` or ``Annotated[int, AtLeast(1)] | None``: the type is checked first, then the
+    condition (``None`` passes through its own arm of the union).
+
+    Attributes:
+        test: whether a value (of the annotated type) is allowed.
+        description: what is allowed, with ``{noun}`` standing for "integer" or "number" after the annotated
+            type and ``{a_noun}`` for "an integer" or "a number" (``"a positive {noun}"``, ``"{a_noun} >= 1"``).
+    """
+
+    test: Callable[[Any], bool]
+    description: str
+
+    def describe(self, base: Any) -> str:
+        """The description for an argument annotated with type ``base``."""
+        noun = "integer" if base is int else "number"
+        return self.description.format(noun=noun, a_noun=("an " if base is int else "a ") + noun)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return False
+
+
+def Interval(  # noqa: N802 (reads as a type: Annotated[float, Interval(gt=0, le=1)])
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    description: str | None = None,
+) -> Constraint:
+    """A finite number within bounds: above ``gt`` (or from ``ge``), below ``lt`` (or up to ``le``).
+
+    ``description`` replaces the one made from the bounds (``"{a_noun} in (0, 1]"``).
+    """
+    if description is None:
+        low = f"({gt:g}" if gt is not None else f"[{ge:g}" if ge is not None else ""
+        high = f"{lt:g})" if lt is not None else f"{le:g}]" if le is not None else ""
+        bounds = [f"{op} {v:g}" for op, v in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if v is not None]
+        description = (
+            f"{{a_noun}} in {low}, {high}"
+            if low and high
+            else " ".join(["{a_noun}", *bounds])
+            if bounds
+            else "a finite {noun}"
+        )
+
+    def test(value: Any) -> bool:
+        return (
+            _finite(value)
+            and (gt is None or value > gt)
+            and (ge is None or value >= ge)
+            and (lt is None or value < lt)
+            and (le is None or value <= le)
+        )
+
+    return Constraint(test, description)
+
+
+def AtLeast(n: int) -> Constraint:  # noqa: N802 (reads as a type: Annotated[int, AtLeast(1)])
+    """A finite number ``>= n``."""
+    return Interval(ge=n)
+
+
+Positive = Interval(gt=0, description="a positive {noun}")
+"""A finite number ``> 0`` (an epsilon, a scale, a base)."""
+Finite = Interval()
+"""Any finite number (no ``inf``, no ``nan``)."""
+Probability = Interval(ge=0, lt=1, description="a probability in [0, 1)")
+"""A dropout probability: ``0 <= p < 1``."""
+
+
+def check_value(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not meet ``hint`` (its type and :class:`Constraint` s), as ``"expected ..., got ..."``.
+
+    ``None`` when it does. The model-level sizes are checked with this too (``Annotated[int, Positive]``).
+    """
+    if not _fits(value, hint):
+        return f"expected {_describe(hint, constraints=True)}, got {value!r}"
+    broken = _violation(value, hint)
+    return None if broken is None else f"expected {broken}, got {value!r}"
+
+
+def _violation(value: Any, hint: Any) -> str | None:
+    """The description of the first constraint ``value`` breaks (``value`` fits the type of ``hint``)."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *meta = typing.get_args(hint)
+        for constraint in meta:
+            if isinstance(constraint, Constraint) and not constraint.test(value):
+                return constraint.describe(base)
+        return _violation(value, base)
+    if origin in (Union, types.UnionType):
+        broken = [_violation(value, arm) for arm in typing.get_args(hint) if _fits(value, arm)]
+        return None if not broken or None in broken else broken[0]
+    return None
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:
@@ -138,7 +275,12 @@ def bind(
     Returns:
         Every keyword argument to construct ``cls`` with, defaults included (possibly incomplete when problems
         were found).
+
+    A given value must also meet the :class:`Constraint` s of its ``Annotated`` hint, and when every argument
+    (model-level sizes and defaults included) is valid on its own, ``cls.check_args(**kwargs)`` (if the block has
+    one) may report relations between arguments; see the module docstring.
     """
+    start = problems.mark()
     params = _parameters(cls)
     hints = _hints(cls)
     key_paths = key_paths or {}
@@ -166,6 +308,10 @@ def bind(
         if not _fits(value, hint):
             problems.add(key_paths.get(key, f"{path}.{key}"), f"{where} expects {_describe(hint)}, got {value!r}")
             continue
+        broken = _violation(value, hint)
+        if broken is not None:
+            problems.add(key_paths.get(key, f"{path}.{key}"), f"expected {broken}, got {value!r}")
+            continue
         kwargs[key] = value
     for name, param in params.items():
         if name in kwargs:
@@ -176,6 +322,15 @@ def bind(
             kwargs[name] = param.default  # explicit, so that every resolved argument can be shown
         else:
             problems.add(f"{path}.{name}", f"{where} needs a value for {name!r}")
+    check_args = getattr(cls, "check_args", None)
+    complete = not problems.since(start) and all(check_value(v, hints.get(k, Any)) is None for k, v in kwargs.items())
+    if check_args is not None and complete:  # every argument, model-level sizes included, is valid on its own
+        try:
+            broken_args = dict(check_args(**kwargs))
+        except Exception as err:  # a plugin's check that fails is reported like its constructor failing
+            broken_args = {"": f"{where}.check_args failed: {type(err).__name__}: {err}"}
+        for name, message in broken_args.items():
+            problems.add(key_paths.get(name, f"{path}.{name}") if name else path, message)
     return kwargs
 
 
@@ -195,7 +350,7 @@ def accepts(cls: type, name: str) -> bool:
 
 def _hints(cls: type) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(cls.__init__)
+        return typing.get_type_hints(cls.__init__, include_extras=True)
     except Exception:  # unresolvable annotations: bind without type checks
         return {}
 
@@ -204,6 +359,8 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is Any or hint is inspect.Parameter.empty:
         return True
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _fits(value, typing.get_args(hint)[0])
     if origin is Literal:
         return value in typing.get_args(hint)
     if origin in (Union, types.UnionType):
@@ -225,12 +382,17 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
-def _describe(hint: Any) -> str:
+def _describe(hint: Any, *, constraints: bool = False) -> str:
+    """What a hint allows (``"a number or null"``); with ``constraints``, the first constraint of each type."""
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *meta = typing.get_args(hint)
+        stated = [c for c in meta if isinstance(c, Constraint)]
+        return stated[0].describe(base) if constraints and stated else _describe(base)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(arm) for arm in typing.get_args(hint))
+        return " or ".join(_describe(arm, constraints=constraints) for arm in typing.get_args(hint))
     if hint is type(None):
         return "null"
     if isinstance(hint, type):
@@ -280,6 +442,8 @@ def load_plugins(modules: Any, path: str = "plugins") -> None:
         return
     if isinstance(modules, str):
         modules = [modules]
+    if not isinstance(modules, Sequence):
+        raise ConfigError([(path, f"expected a list of module names, got {modules!r}")])
     problems = Problems()
     for i, module in enumerate(modules):
         if not isinstance(module, str):

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tfgraph.graph import SLOTS, GraphSpec, Part, parse_graph
-from tfgraph.registry import ConfigError, Problems, bind, load_plugins, lookup, suggest
+from tfgraph.registry import (
+    ConfigError,
+    Positive,
+    Probability,
+    Problems,
+    accepts,
+    bind,
+    check_value,
+    load_plugins,
+    lookup,
+    suggest,
+)
 
 TOPOLOGIES = ("encoder_only", "decoder_only", "encoder_decoder")
 # Model-level values that reach blocks by constructor parameter name.
@@ -44,6 +55,8 @@ MODEL_KEYS = (
     *PART_KINDS,
 )
 LAYER_KEYS = ("nodes", "cross_nodes", "output", "final_norm")
+COUNT = Annotated[int, Positive]  # the model-level values are checked like block arguments (registry.check_value)
+PROBABILITY = Annotated[float, Probability]
 
 
 @dataclass(frozen=True)
@@ -190,8 +203,8 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
                 decoder = _stack(graphs["cross"](pattern), n_decoder_layers, causal=True)
 
     init_std = cfg.get("init_std", 0.02)
-    if not isinstance(init_std, (int, float)) or isinstance(init_std, bool) or init_std <= 0:
-        problems.add(f"{path}.init_std", f"expected a positive number, got {init_std!r}")
+    if (message := check_value(init_std, Annotated[float, Positive])) is not None:
+        problems.add(f"{path}.init_std", message)
     problems.raise_if_any()
     return ModelSpec(
         topology=topology,
@@ -217,8 +230,8 @@ def _sizes(cfg: Mapping[str, Any], path: str, problems: Problems) -> dict[str, A
     n_kv = cfg.get("n_kv_heads")
     sizes["n_kv_heads"] = sizes["n_heads"] if n_kv is None else _count(cfg, "n_kv_heads", path, problems)
     dropout = cfg.get("dropout", 0.0)
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        problems.add(f"{path}.dropout", f"expected a probability in [0, 1), got {dropout!r}")
+    if (message := check_value(dropout, PROBABILITY)) is not None:
+        problems.add(f"{path}.dropout", message)
         dropout = 0.0
     sizes["dropout"] = float(dropout)
 
@@ -244,8 +257,8 @@ def _divisors(n: int) -> str:
 
 def _count(cfg: Mapping[str, Any], key: str, path: str, problems: Problems) -> int | None:
     value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        problems.add(f"{path}.{key}", f"expected a positive integer, got {value!r}")
+    if (message := check_value(value, COUNT)) is not None:
+        problems.add(f"{path}.{key}", message)
         return None
     return value
 
@@ -260,7 +273,8 @@ def _flag(cfg: Mapping[str, Any], key: str, default: bool, path: str, problems: 
 
 def _part(value: Any, kind: str, path: str, problems: Problems) -> Part | None:
     if not isinstance(value, Mapping) or "block" not in value:
-        problems.add(path, f"expected a {kind} block config with a `block` name, got {value!r}")
+        article = "an" if kind[0] in "aeiou" else "a"
+        problems.add(path, f"expected {article} {kind} block config with a `block` name, got {value!r}")
         return None
     cls = lookup(kind, value["block"], f"{path}.block", problems)
     if cls is None:
@@ -321,15 +335,46 @@ def _layers(
 
 
 def _override(base: Part | None, override: Any, kind: str, path: str, problems: Problems) -> Part | None:
-    """A pattern entry's part: a new block when it names one, else the base config with keys replaced."""
+    """A pattern entry's part: the base part with the entry's keys replaced, or a new block when it names one.
+
+    A new block keeps every argument of the base part it takes (``bias: false`` of a preset stays off in the
+    layers that swap their attention); one it does not take is a problem at the entry that names the two ways
+    out. ``inherit: false`` starts the entry from its block's defaults instead.
+    """
     if not isinstance(override, Mapping):
         problems.add(path, f"expected a mapping of {kind} arguments, got {override!r}")
         return base
+    override = dict(override)
+    inherit = override.pop("inherit", True)
+    if not isinstance(inherit, bool):
+        problems.add(
+            f"{path}.inherit", f"expected true or false (keep the arguments of the part overridden), got {inherit!r}"
+        )
+        inherit = True
     if "block" in override:
-        return _part(override, kind, path, problems)
-    if base is None:
+        part = _part(override, kind, path, problems)
+    elif base is not None:
+        part = Part(cls=base.cls, config=override, path=path)
+    else:
         return None
-    return Part(cls=base.cls, config={**base.config, **override}, path=path)
+    if part is None or base is None or not inherit:
+        return part
+    kept: dict[str, str] = {}  # argument -> the config path it comes from
+    for key in base.config:
+        source = base.key_paths.get(key, f"{base.path}.{key}")
+        if key in part.config:
+            continue
+        if part.cls is base.cls or accepts(part.cls, key):  # the same block reports its unknown keys when bound
+            kept[key] = source
+            continue
+        problems.add(
+            f"{path}.{key}",
+            f"{kind} block {override['block']!r} ({part.cls.__name__}) takes no argument {key!r} (set by {source}); "
+            f"drop it with ~{source} (from every layer) or give this entry `inherit: false` (to start from "
+            f"{override['block']!r}'s defaults)",
+        )
+    config = {**{key: base.config[key] for key in kept}, **part.config}
+    return Part(cls=part.cls, config=config, path=path, key_paths=kept)
 
 
 def _stack(graphs: list[GraphSpec | None], n_layers: int, *, causal: bool) -> StackSpec | None:

@@ -10,13 +10,15 @@ preallocated :class:`~tfgraph.blocks.context.KVCache`; cross-attention projects 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tfgraph.blocks.context import AttentionContext, KVCache, MemoryKV
 from tfgraph.blocks.position import apply_rotary
-from tfgraph.registry import register
+from tfgraph.registry import AtLeast, Positive, Probability, register
 
 
 def _head_sizes(name: str, d_model: int, n_heads: int, n_kv_heads: int | None) -> tuple[int, int]:
@@ -93,10 +95,10 @@ class MultiHeadAttention(nn.Module):
         d_model: model width; ``head_dim = d_model // n_heads``.
         n_heads: number of query heads.
         n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
-        dropout: dropout probability on the attention weights (training only).
+        dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
         bias: whether the projections have biases.
         qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before rotary and scoring.
-        softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
+        softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
 
     needs = ("context", "cache")
@@ -107,10 +109,10 @@ class MultiHeadAttention(nn.Module):
         d_model: int,
         n_heads: int,
         n_kv_heads: int | None = None,
-        dropout: float = 0.0,
+        dropout: Annotated[float, Probability] = 0.0,
         bias: bool = True,
         qk_norm: bool = False,
-        softmax_scale: float | None = None,
+        softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
         super().__init__()
         self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads)
@@ -173,10 +175,10 @@ class SlidingWindowAttention(MultiHeadAttention):
         d_model: model width; ``head_dim = d_model // n_heads``.
         n_heads: number of query heads.
         n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
-        dropout: dropout probability on the attention weights (training only).
+        dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
         bias: whether the projections have biases.
         qk_norm: RMS-normalise q and k over ``head_dim`` before rotary and scoring.
-        softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)``.
+        softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)``.
         window: how many positions (the token's own included) a token attends to; positive.
     """
 
@@ -186,11 +188,11 @@ class SlidingWindowAttention(MultiHeadAttention):
         d_model: int,
         n_heads: int,
         n_kv_heads: int | None = None,
-        dropout: float = 0.0,
+        dropout: Annotated[float, Probability] = 0.0,
         bias: bool = True,
         qk_norm: bool = False,
-        softmax_scale: float | None = None,
-        window: int = 4096,
+        softmax_scale: Annotated[float, Positive] | None = None,
+        window: Annotated[int, AtLeast(1)] = 4096,
     ) -> None:
         super().__init__(
             d_model=d_model,
@@ -217,10 +219,10 @@ class CrossAttention(nn.Module):
         d_model: model width; ``head_dim = d_model // n_heads``.
         n_heads: number of query heads.
         n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
-        dropout: dropout probability on the attention weights (training only).
+        dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
         bias: whether the projections have biases.
         qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before scoring.
-        softmax_scale: the score scale; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
+        softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
 
     needs = ("context", "cache")
@@ -231,10 +233,10 @@ class CrossAttention(nn.Module):
         d_model: int,
         n_heads: int,
         n_kv_heads: int | None = None,
-        dropout: float = 0.0,
+        dropout: Annotated[float, Probability] = 0.0,
         bias: bool = True,
         qk_norm: bool = False,
-        softmax_scale: float | None = None,
+        softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
         super().__init__()
         self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tfgraph.registry import register
+from tfgraph.registry import AtLeast, register
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 
@@ -122,8 +122,8 @@ class MixtureOfExperts(nn.Module):
         *,
         d_model: int,
         d_ff: int,
-        n_experts: int = 8,
-        top_k: int = 2,
+        n_experts: Annotated[int, AtLeast(1)] = 8,
+        top_k: Annotated[int, AtLeast(1)] = 2,
         expert: Literal["mlp", "gated"] = "gated",
         activation: Activation = "silu",
         bias: bool = False,
@@ -141,6 +141,13 @@ class MixtureOfExperts(nn.Module):
             expert_cls(d_model=d_model, d_ff=d_ff, activation=activation, bias=bias) for _ in range(n_experts)
         )
         self.aux_loss = torch.zeros(())
+
+    @staticmethod
+    def check_args(*, n_experts: int, top_k: int, **_: Any) -> dict[str, str]:
+        """A token cannot be routed to more experts than there are (see :func:`tfgraph.registry.bind`)."""
+        if top_k > n_experts:
+            return {"top_k": f"expected at most n_experts ({n_experts}) experts per token, got {top_k}"}
+        return {}
 
     def forward(self, x: Tensor) -> Tensor:
         tokens = x.reshape(-1, x.shape[-1])  # [N, d_model]

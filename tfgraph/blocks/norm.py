@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tfgraph.registry import register
+from tfgraph.registry import Positive, register
 
 
 @register("norm", "layernorm")
@@ -19,14 +20,14 @@ class LayerNorm(nn.Module):
 
     Args:
         d_model: size of the normalised (last) dimension.
-        eps: added to the variance.
+        eps: added to the variance; positive.
         bias: whether to learn an additive bias; ``False`` leaves no bias parameter at all.
 
     Shapes:
         x: ``[..., d_model]`` -> ``[..., d_model]``.
     """
 
-    def __init__(self, *, d_model: int, eps: float = 1e-5, bias: bool = True) -> None:
+    def __init__(self, *, d_model: int, eps: Annotated[float, Positive] = 1e-5, bias: bool = True) -> None:
         super().__init__()
         self.d_model = d_model
         self.eps = eps
@@ -55,13 +56,13 @@ class RMSNorm(nn.Module):
 
     Args:
         d_model: size of the normalised (last) dimension.
-        eps: added to the mean square.
+        eps: added to the mean square; positive.
 
     Shapes:
         x: ``[..., d_model]`` -> ``[..., d_model]``.
     """
 
-    def __init__(self, *, d_model: int, eps: float = 1e-6) -> None:
+    def __init__(self, *, d_model: int, eps: Annotated[float, Positive] = 1e-6) -> None:
         super().__init__()
         self.d_model = d_model
         self.eps = eps
@@ -88,13 +89,13 @@ class ScaleNorm(nn.Module):
 
     Args:
         d_model: size of the normalised (last) dimension; sets the initial ``g``.
-        eps: lower bound on the norm.
+        eps: lower bound on the norm; positive.
 
     Shapes:
         x: ``[..., d_model]`` -> ``[..., d_model]``.
     """
 
-    def __init__(self, *, d_model: int, eps: float = 1e-5) -> None:
+    def __init__(self, *, d_model: int, eps: Annotated[float, Positive] = 1e-5) -> None:
         super().__init__()
         self.d_model = d_model
         self.eps = eps

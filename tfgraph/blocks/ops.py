@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor, nn
 
-from tfgraph.registry import register
+from tfgraph.registry import Finite, Probability, register
 
 
 @register("op", "add")
@@ -32,13 +34,13 @@ class Scale(nn.Module):
     """Multiply by a constant.
 
     Args:
-        value: the factor.
+        value: the factor (finite).
 
     Shapes:
         x: any -> same shape.
     """
 
-    def __init__(self, *, value: float = 1.0) -> None:
+    def __init__(self, *, value: Annotated[float, Finite] = 1.0) -> None:
         super().__init__()
         self.value = value
 
@@ -54,11 +56,11 @@ class Dropout(nn.Dropout):
     """Dropout (identity in eval mode); the model-level ``dropout`` reaches it by name.
 
     Args:
-        dropout: probability of zeroing an element (survivors are scaled by ``1 / (1 - dropout)``).
+        dropout: probability of zeroing an element, in ``[0, 1)`` (survivors are scaled by ``1 / (1 - dropout)``).
 
     Shapes:
         x: any -> same shape.
     """
 
-    def __init__(self, *, dropout: float = 0.0) -> None:
+    def __init__(self, *, dropout: Annotated[float, Probability] = 0.0) -> None:
         super().__init__(p=dropout)

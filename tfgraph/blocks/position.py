@@ -13,12 +13,13 @@ The stack calls the hooks once per forward; attention blocks read the results fr
 from __future__ import annotations
 
 import math
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
 from tfgraph.blocks.context import Position
-from tfgraph.registry import register
+from tfgraph.registry import AtLeast, Interval, Positive, register
 
 
 @register("position", "none")
@@ -88,13 +89,19 @@ class RotaryPosition(Position):
         d_model: model width.
         n_heads: number of query heads; the head size is ``d_model // n_heads``.
         max_len: number of positions in the tables; positions must be ``< max_len``.
-        base: the wavelength base ``theta``.
+        base: the wavelength base ``theta``; positive.
         fraction: the share of each head's dimensions that is rotated, in ``(0, 1]``; ``rot_dim`` is
             ``int(head_dim * fraction)`` rounded down to an even number.
     """
 
     def __init__(
-        self, *, d_model: int, n_heads: int, max_len: int, base: float = 10000.0, fraction: float = 1.0
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        max_len: int,
+        base: Annotated[float, Positive] = 10000.0,
+        fraction: Annotated[float, Interval(gt=0, le=1)] = 1.0,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
@@ -102,7 +109,7 @@ class RotaryPosition(Position):
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"rope: fraction must be in (0, 1], got {fraction}")
         head_dim = d_model // n_heads
-        self.rot_dim = int(head_dim * fraction) // 2 * 2
+        self.rot_dim = _rot_dim(head_dim, fraction)
         if self.rot_dim == 0:
             raise ValueError(f"rope: fraction={fraction} of head_dim={head_dim} leaves no pair of dimensions to rotate")
         # Computed in float32 the way Hugging Face does, so that imported checkpoints reproduce exactly.
@@ -112,12 +119,28 @@ class RotaryPosition(Position):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
+    @staticmethod
+    def check_args(*, d_model: int, n_heads: int, fraction: float, **_: Any) -> dict[str, str]:
+        """At least one pair of each head's dimensions must rotate (see :func:`tfgraph.registry.bind`)."""
+        head_dim = d_model // n_heads
+        if _rot_dim(head_dim, fraction) == 0:
+            return {
+                "fraction": f"fraction={fraction} of head_dim={head_dim} (model.d_model / model.n_heads) leaves no "
+                "pair of dimensions to rotate; raise fraction or the head size"
+            }
+        return {}
+
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions: [T] -> ``(cos, sin)``, each [T, rot_dim]; per-row positions [B, T] -> each [B, 1, T, rot_dim]."""
         cos, sin = self.cos[positions], self.sin[positions]
         if positions.dim() == 2:  # one table per row, broadcast over the heads
             return cos[:, None], sin[:, None]
         return cos, sin
+
+
+def _rot_dim(head_dim: int, fraction: float) -> int:
+    """How many of a head's dimensions rotate: ``int(head_dim * fraction)`` rounded down to an even number."""
+    return int(head_dim * fraction) // 2 * 2
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -219,15 +242,32 @@ class T5RelativeBias(Position):
 
     Args:
         n_heads: number of query heads.
-        num_buckets: number of relative-position buckets.
-        max_distance: the distance from which on all positions share the last bucket.
+        num_buckets: number of relative-position buckets, at least 2 (4 in an encoder, which halves them).
+        max_distance: the distance from which on all positions share the last bucket; more than
+            ``num_buckets // 2``.
     """
 
-    def __init__(self, *, n_heads: int, num_buckets: int = 32, max_distance: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        n_heads: int,
+        num_buckets: Annotated[int, AtLeast(2)] = 32,
+        max_distance: Annotated[int, AtLeast(1)] = 128,
+    ) -> None:
         super().__init__()
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.relative_attention_bias = nn.Embedding(num_buckets, n_heads)  # named as in HF T5
+
+    @staticmethod
+    def check_args(*, num_buckets: int, max_distance: int, **_: Any) -> dict[str, str]:
+        """The logarithmic buckets start at ``num_buckets // 2`` and must end beyond it at ``max_distance``."""
+        if max_distance <= num_buckets // 2:
+            return {
+                "max_distance": f"expected more than num_buckets // 2 ({num_buckets // 2}), the distance where the "
+                f"logarithmic buckets begin; got {max_distance}"
+            }
+        return {}
 
     def score_bias(self, q_pos: Tensor, k_pos: Tensor, *, causal: bool) -> Tensor:
         """q_pos: [Tq], k_pos: [Tk] -> [1, H, Tq, Tk]."""

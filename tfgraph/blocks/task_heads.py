@@ -9,13 +9,14 @@ model-level sizes (``d_model``, ``vocab_size``, ``dropout``) reach them by param
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tfgraph.blocks.ffn import ACTIVATIONS, Activation
-from tfgraph.registry import register
+from tfgraph.registry import Positive, Probability, register
 
 
 @register("head", "mlm_head")
@@ -35,7 +36,9 @@ class MaskedLMHead(nn.Module):
         x: ``[B, T, d_model]`` -> logits ``[B, T, vocab_size]``.
     """
 
-    def __init__(self, *, d_model: int, vocab_size: int, activation: Activation = "gelu", eps: float = 1e-12) -> None:
+    def __init__(
+        self, *, d_model: int, vocab_size: int, activation: Activation = "gelu", eps: Annotated[float, Positive] = 1e-12
+    ) -> None:
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
         self.act = ACTIVATIONS[activation]
@@ -64,7 +67,7 @@ class PooledClassifier(nn.Module):
         x: ``[B, d_model]`` -> logits ``[B, n_labels]``.
     """
 
-    def __init__(self, *, d_model: int, n_labels: int, dropout: float = 0.0) -> None:
+    def __init__(self, *, d_model: int, n_labels: int, dropout: Annotated[float, Probability] = 0.0) -> None:
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(dropout)
@@ -88,7 +91,9 @@ class LinearClassifier(nn.Module):
         x: ``[..., d_model]`` (``[B, d_model]`` or ``[B, T, d_model]``) -> logits ``[..., n_labels]``.
     """
 
-    def __init__(self, *, d_model: int, n_labels: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self, *, d_model: int, n_labels: int, dropout: Annotated[float, Probability] = 0.0, bias: bool = True
+    ) -> None:
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, n_labels, bias=bias)

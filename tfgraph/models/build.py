@@ -111,6 +111,15 @@ def dry_run(spec: ModelSpec) -> None:
                     f"cannot tie {type(head).__name__}.weight {_shape(h)} to {type(embedding).__name__}.weight "
                     f"{_shape(e)}; set model.tie_embeddings=false or use blocks with matching weights",
                 )
+        batch, length = DRY_RUN_SHAPE
+        d_model, vocab_size = spec.sizes["d_model"], spec.sizes["vocab_size"]
+        if embedding is not None:
+            ids = torch.zeros(batch, length, dtype=torch.long)
+            _check_output(embedding, ids, (batch, length, d_model), spec.embedding.path, problems)
+        if head is not None:  # the model call returns logits [B, T, vocab]
+            _check_output(
+                head, torch.empty(batch, length, d_model), (batch, length, vocab_size), spec.head.path, problems
+            )
         position = _try_build(spec.position, problems)
         if position is not None:
             for stack in (spec.encoder, spec.decoder):
@@ -118,6 +127,17 @@ def dry_run(spec: ModelSpec) -> None:
                     for graph in dict.fromkeys(stack.layers):  # distinct specs, in order
                         _dry_run_graph(graph, position, stack.causal, spec.sizes["d_model"], problems)
     problems.raise_if_any()
+
+
+def _check_output(block: nn.Module, x: Tensor, want: tuple[int, ...], path: str, problems: Problems) -> None:
+    """Run a model part on ``meta`` and record a problem unless it returns a tensor of shape ``want``."""
+    try:
+        out = block(x)
+    except Exception as err:
+        problems.add(path, f"{type(block).__name__} failed on {_shape(x)}: {type(err).__name__}: {err}")
+        return
+    if not isinstance(out, Tensor) or tuple(out.shape) != want:
+        problems.add(path, f"{type(block).__name__} must map {_shape(x)} to {list(want)} here, but gives {_shape(out)}")
 
 
 def _try_build(block: BlockSpec, problems: Problems) -> nn.Module | None:
@@ -151,14 +171,12 @@ def _dry_run_graph(graph: GraphSpec, position: nn.Module, causal: bool, d_model:
         block = blocks[node.name]
         try:
             out = block(*args, ctx) if "context" in getattr(type(block), "needs", ()) else block(*args)
-        except NotImplementedError as err:
-            if "meta" not in str(err):
-                raise
-            out = torch.empty_like(args[0])  # data-dependent routing (MoE) cannot run on meta: shapes as its input
         except Exception as err:
-            shapes = ", ".join(f"{s} {_shape(v)}" for s, v in zip(node.inputs, args, strict=True))
-            problems.add(node.path, f"{node.cls.__name__} failed on inputs {shapes}: {type(err).__name__}: {err}")
-            return
+            if not (isinstance(err, NotImplementedError) and "meta" in str(err).lower()):
+                shapes = ", ".join(f"{s} {_shape(v)}" for s, v in zip(node.inputs, args, strict=True))
+                problems.add(node.path, f"{node.cls.__name__} failed on inputs {shapes}: {type(err).__name__}: {err}")
+                return
+            out = torch.empty_like(args[0])  # a data-dependent op cannot run on meta: assume its input's shape
         if not isinstance(out, Tensor):
             problems.add(node.path, f"{node.cls.__name__} returned {type(out).__name__}, expected a tensor")
             return
