@@ -153,7 +153,8 @@ def test_clear_errors_name_the_key(checkpoints, tmp_path: Path) -> None:
         f"ckpt_path={tmp_path}/missing.ckpt"
     )
     masked = tmp_path / "masked.ckpt"
-    torch.save({"tfgraph": {"task": "masked_lm"}, "hyper_parameters": {}, "state_dict": {}}, masked)
+    args = {"model": {}, "tokenizer": "{}"}  # shaped like a task's arguments: the task kind is what is wrong
+    torch.save({"tfgraph": {"task": "masked_lm"}, "hyper_parameters": args, "state_dict": {}}, masked)
     message = generate_error(f"ckpt_path={masked}")
     assert "ckpt_path:" in message and "masked_lm checkpoint, which does not generate text" in message
     message = generate_error(ckpt, "strategy=beams")
@@ -167,7 +168,8 @@ def test_clear_errors_name_the_key(checkpoints, tmp_path: Path) -> None:
 
 
 def test_the_command_streams_to_stdout(checkpoints, tmp_path: Path) -> None:
-    args = [f"ckpt_path={checkpoints['causal_lm']}", "prompt=abc", "max_new_tokens=5"]
+    # trust_plugins: its data._target_ is tests.test_train.TinyData, which that process does not import
+    args = [f"ckpt_path={checkpoints['causal_lm']}", "prompt=abc", "max_new_tokens=5", "trust_plugins=true"]
     done = subprocess.run(
         [sys.executable, "-m", "tfgraph.cli.generate", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )

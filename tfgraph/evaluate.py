@@ -2,7 +2,8 @@
 
 The checkpoint alone rebuilds the task (model config, tokenizer, label names and options are stored in it
 as plain containers, read with ``torch.load(weights_only=True)``) and the data it was trained on (its data
-config, with the checkpoint's tokenizer); ``cfg.data`` overrides keys of that data config.
+config, with the checkpoint's tokenizer); ``cfg.data`` overrides keys of that data config. The checkpoint is data,
+never code (:mod:`tfgraph.tasks.checkpoint`): what it may import needs ``trust_plugins=true`` or ``plugins=[...]``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from tfgraph.registry import ConfigError, load_plugins
-from tfgraph.tasks import load_checkpoint, load_task
+from tfgraph.tasks import load_checkpoint, load_task, trust_options
 from tfgraph.train import (
-    build_datamodule,
     build_trainer,
     check_fits,
+    checkpoint_datamodule,
     format_metrics,
     has_split,
     plain,
@@ -37,22 +38,27 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         ``{"test/loss": ..., ...}`` (``val/...`` for ``split=val``), as floats.
 
     Raises:
-        tfgraph.ConfigError: no ``ckpt_path`` or no such checkpoint, an unknown split, a split the data does not have.
+        tfgraph.ConfigError: no ``ckpt_path``, a checkpoint that is not a readable tfgraph checkpoint or that would
+            run code (see :func:`tfgraph.tasks.load_checkpoint`), an unknown split, a split the data does not have.
         tfgraph.data.DataError: the data cannot be read.
     """
     if not cfg.get("ckpt_path"):
         raise ConfigError([("ckpt_path", "which checkpoint? tfgraph-eval ckpt_path=<run dir>/checkpoints/last.ckpt")])
     output_dir = prepare_output_dir(cfg)
     load_plugins(cfg.get("plugins"), "plugins")
-    pl.seed_everything(cfg.seed, workers=True)
     if cfg.split not in SPLITS:
         raise ConfigError([("split", f"expected one of {', '.join(SPLITS)}, got {cfg.split!r}")])
 
-    checkpoint = load_checkpoint(cfg.ckpt_path)
-    task = load_task(checkpoint)
-    args = checkpoint["hyper_parameters"]
-    data_cfg = {**(args.get("data") or {}), **(plain(cfg.get("data")) or {})}
-    datamodule = build_datamodule(data_cfg, tokenizer=args["tokenizer"], label_names=args.get("label_names"))
+    trust = trust_options(cfg)
+    checkpoint = load_checkpoint(cfg.ckpt_path, **trust)  # read and checked before anything is built
+    pl.seed_everything(cfg.seed, workers=True)
+    task = load_task(checkpoint, **trust, where=str(cfg.ckpt_path))
+    datamodule = checkpoint_datamodule(
+        checkpoint,
+        where=str(cfg.ckpt_path),
+        overrides=plain(cfg.get("data")),
+        trust_plugins=trust["trust_plugins"],
+    )
     check_fits(task.name, datamodule)
     datamodule.prepare_data()
     datamodule.setup("validate" if cfg.split == "val" else "test")

@@ -10,19 +10,27 @@ sequence_classification    encoder_only (first token pooled), decoder_only (last
 token_classification       encoder_only, decoder_only (BIO tagging)
 =========================  =======================================================================
 
-A task is built from plain containers only, and :func:`load_task` rebuilds it from a checkpoint alone.
+A task is built from plain containers only, and :func:`load_task` rebuilds it from a checkpoint alone, which is
+data, never code (:mod:`tfgraph.tasks.checkpoint`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from tfgraph.registry import ConfigError, suggest
 from tfgraph.tasks.base import StepOutput, Task
+from tfgraph.tasks.checkpoint import (
+    DATA_MODULES,
+    FORMAT,
+    check_checkpoint,
+    check_resumable,
+    data_module_class,
+    load_checkpoint,
+    load_task,
+    trust_options,
+)
 from tfgraph.tasks.classification import SequenceClassification, TokenClassification
 from tfgraph.tasks.language_modeling import CausalLM, MaskedLM
 from tfgraph.tasks.optim import check_keys, keyword_params
@@ -64,27 +72,9 @@ def task_options(cls: type[Task]) -> list[str]:
     return list(dict.fromkeys(p for k in (cls, Task) for p in keyword_params(k.__init__) if p not in COMMON_ARGS))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A tfgraph checkpoint, loaded with ``torch.load(weights_only=True)`` on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([("ckpt_path", f"no checkpoint at {path}")])
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "tfgraph" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ConfigError([("ckpt_path", f"{path} is not a tfgraph task checkpoint (no task name or hyperparameters)")])
-    return checkpoint
-
-
-def load_task(checkpoint: dict[str, Any] | str | Path) -> Task:
-    """Rebuild a task (model, head, tokenizer) from a checkpoint alone and load its weights."""
-    if not isinstance(checkpoint, dict):
-        checkpoint = load_checkpoint(checkpoint)
-    task = task_class(checkpoint["tfgraph"]["task"])(**checkpoint["hyper_parameters"])
-    task.load_state_dict(checkpoint["state_dict"])
-    return task
-
-
 __all__ = [
+    "DATA_MODULES",
+    "FORMAT",
     "TASKS",
     "CausalLM",
     "MaskedLM",
@@ -94,8 +84,12 @@ __all__ = [
     "Task",
     "TokenClassification",
     "build_task",
+    "check_checkpoint",
+    "check_resumable",
+    "data_module_class",
     "load_checkpoint",
     "load_task",
     "task_class",
     "task_options",
+    "trust_options",
 ]

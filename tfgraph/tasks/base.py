@@ -21,6 +21,9 @@ from tfgraph.models.build import init_weights
 from tfgraph.registry import ConfigError, Problems, bind, lookup
 from tfgraph.tasks.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
 
+# the format of what on_save_checkpoint writes; tfgraph.tasks.checkpoint reads up to it (raise it on a change that
+# older tfgraphs cannot read)
+CHECKPOINT_FORMAT = 1
 STAGES = ("val", "test")  # stages with epoch-level metrics (training logs per step)
 DEFAULT_OPTIMIZER = {"name": "adamw"}
 # tiny presets of each topology, named in the message that refuses a task/topology pair
@@ -223,7 +226,7 @@ class Task(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tfgraph"] = {"task": self.name}
+        checkpoint["tfgraph"] = {"task": self.name, "format": CHECKPOINT_FORMAT}
         if self.trainer.world_size == 1:  # the random state dropout draws from, so a resumed run draws the same
             checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
             if torch.cuda.is_available():
