@@ -1,12 +1,32 @@
-"""Lightning callbacks of every tfgraph run: a resumable ``last.ckpt`` and a validation after the last step."""
+"""The Lightning callbacks and checkpoint writer of every tfgraph run.
+
+- :class:`AtomicCheckpointIO` writes each checkpoint file whole or not at all: a kill at any moment leaves the
+  previous file intact.
+- :class:`LastCheckpoint` keeps ``last.ckpt``, the point to resume from, published once its step's metrics are
+  logged.
+- :class:`StopOnDivergence` stops a run whose loss (or weights) stop being finite, before any checkpoint holds
+  them, with :class:`TrainingDiverged`.
+- :class:`ValidateAtLastStep` validates after the last step; :class:`ContinueLogs` has the loggers of a run
+  resumed into its own dir continue its earlier logs (:mod:`tfgraph.tasks.loggers`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"  # the suffix of a file being written; never taken for a checkpoint (not *.ckpt)
 
 
 def is_last_step(trainer: pl.Trainer) -> bool:
@@ -15,6 +35,95 @@ def is_last_step(trainer: pl.Trainer) -> bool:
         return True
     last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0
     return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+# ------------------------------------------------------------------------------------------ writing files whole
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: ``.<name>.partial`` in its folder (hidden, and
+    not ``*.ckpt``: a file a kill left is never taken for a checkpoint; the next save of that name overwrites it)."""
+    return path.with_name(f".{path.name}{PARTIAL}")
+
+
+def write_atomically(path: Path, write: Callable[[IO[Any]], None], *, mode: str = "wb", publish: bool = True) -> None:
+    """Write ``path`` whole or not at all: ``write(file)`` fills :func:`partial_path` (flushed to disk), which
+    then replaces ``path`` in one rename (:func:`publish_file`; ``publish=False`` leaves that for later)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = partial_path(path)
+    try:
+        with open(temp, mode, **({} if "b" in mode else {"newline": ""})) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if publish:
+        publish_file(path)
+
+
+def publish_file(path: Path) -> None:
+    """Rename the written :func:`partial_path` of ``path`` onto ``path`` (one step: a reader, or a kill, sees the
+    old file or the new one) and flush the folder's entry to disk."""
+    os.replace(partial_path(path), path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a platform that cannot open a folder (Windows): the rename is done all the same
+        return
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing each file whole or not at all (every checkpoint: ``last.ckpt`` and
+    ModelCheckpoint's ``step*.ckpt`` alike).
+
+    Lightning writes a checkpoint in place, or through a temporary file in the system's temp dir that is copied over
+    when that is another file system; a kill during the write leaves a truncated checkpoint. Here the bytes go to
+    ``.<name>.partial`` beside it, flushed to disk, then renamed onto ``<name>``. Paths with a scheme
+    (``s3://...``) are left to Lightning's writer.
+
+    Within ``with checkpoint_io.staged():`` a save writes the temporary file only, and :meth:`publish` renames it
+    later (:class:`LastCheckpoint` does, once the metrics of its step are logged).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._staging = False
+        self._unpublished: set[Path] = set()
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[None]:
+        """Leave the files saved within unpublished, to :meth:`publish` later."""
+        self._staging = True
+        try:
+            yield
+        finally:
+            self._staging = False
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)  # (Lightning refuses storage_options)
+            return
+        path = Path(path)
+        write_atomically(path, lambda file: torch.save(checkpoint, file), publish=not self._staging)
+        if self._staging:
+            self._unpublished.add(path)
+
+    def publish(self, path: str | os.PathLike[str]) -> None:
+        """Rename a checkpoint saved within :meth:`staged` into place (nothing for one already in place)."""
+        path = Path(path)
+        if path in self._unpublished:
+            self._unpublished.discard(path)
+            publish_file(path)
+
+
+# ------------------------------------------------------------------------------------------------- last.ckpt
 
 
 class LastCheckpoint(Callback):
@@ -26,6 +135,12 @@ class LastCheckpoint(Callback):
     epoch.) Mid-epoch, a run continues exactly when its training loader is resumable (has ``state_dict``);
     Lightning warns otherwise.
 
+    Lightning logs a step's metrics after the step's ``on_train_batch_end``, where the checkpoint is taken. With
+    :class:`AtomicCheckpointIO` the checkpoint is written there but renamed onto ``last.ckpt`` only once those
+    metrics are logged (at the next batch's start, after a validation, or at the end of training), so that the
+    logs on disk always reach the step of ``last.ckpt`` and a run resumed from it continues them without a gap
+    (:class:`ContinueLogs`). A kill in between leaves the previous ``last.ckpt``.
+
     Args:
         dirpath: the checkpoint folder.
         every_n_train_steps: steps between saves.
@@ -36,6 +151,9 @@ class LastCheckpoint(Callback):
             raise ValueError(f"every_n_train_steps must be at least 1, got {every_n_train_steps}")
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps
+        self.saved_step: int | None = None  # the step of the last.ckpt this run wrote
+        self._staged: int | None = None  # the step of a checkpoint written but not yet renamed into place
+        self._taken: int | None = None  # the step of the last checkpoint taken (accumulating batches repeat it)
 
     @property
     def path(self) -> Path:
@@ -44,8 +162,36 @@ class LastCheckpoint(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
-        if trainer.global_step % self.every_n_train_steps == 0 or is_last_step(trainer):
+        step = trainer.global_step
+        if step == self._taken or not (step % self.every_n_train_steps == 0 or is_last_step(trainer)):
+            return
+        self._taken = step
+        checkpoint_io = trainer.strategy.checkpoint_io
+        if isinstance(checkpoint_io, AtomicCheckpointIO):
+            with checkpoint_io.staged():
+                trainer.save_checkpoint(self.path, weights_only=False)
+            self._staged = step
+        else:
             trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._publish(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish(trainer)
+
+    def _publish(self, trainer: pl.Trainer) -> None:
+        if self._staged is None:
+            return
+        for logger in trainer.loggers:  # the metrics up to the checkpoint's step on disk first
+            logger.save()
+        if trainer.is_global_zero:
+            trainer.strategy.checkpoint_io.publish(self.path)
+        self.saved_step, self._staged = self._staged, None
 
 
 class ValidateAtLastStep(Callback):
@@ -57,3 +203,151 @@ class ValidateAtLastStep(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if is_last_step(trainer):
             trainer.should_stop = True
+
+
+# ------------------------------------------------------------------------------------------------- divergence
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss, or the weights about to be saved, stopped being finite (NaN or infinite)."""
+
+
+class StopOnDivergence(Callback):
+    """Raise :class:`TrainingDiverged` when the training loss is NaN or infinite, before any checkpoint holds the
+    diverged weights.
+
+    Every step's loss is checked on its device, without waiting for it: the first step whose loss is not finite
+    (and that loss) is kept in a device tensor, read at the steps whose metrics are logged (every
+    ``trainer.log_every_n_steps``, when the loggers read the loss anyway), at the last step, and whenever a
+    checkpoint is about to be written (``on_save_checkpoint``), where the weights and optimizer state it holds are
+    checked too. So no checkpoint with a non-finite number is written: ``last.ckpt`` stays the last good one.
+    Under DDP every process takes the same decision.
+
+    The message names the step (``trainer.global_step`` at the end of the batch whose loss it was: the optimizer
+    step that used it), the checkpoint left intact to resume from, and what to change. It must see a step's loss
+    before a checkpoint of that step is taken: :func:`tfgraph.train.build_trainer` puts it first among the
+    callbacks.
+    """
+
+    def __init__(self) -> None:
+        self._bad_step: torch.Tensor | None = None  # the first step with a non-finite loss; -1: none yet
+        self._bad_loss: torch.Tensor | None = None  # that loss
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._bad_step = self._bad_loss = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._record(loss.detach(), trainer.global_step)
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or is_last_step(trainer):
+            self._check(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer, checkpoint)
+
+    def _record(self, loss: torch.Tensor, step: int) -> None:
+        """Keep the step and the loss if it is the first that is not finite (on the loss's device: no sync)."""
+        if self._bad_step is None or self._bad_loss is None:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros((), dtype=torch.float32, device=loss.device)
+        first = ~torch.isfinite(loss).all() & (self._bad_step < 0)
+        self._bad_step = torch.where(first, step, self._bad_step)
+        self._bad_loss = torch.where(first, loss.float().mean(), self._bad_loss)
+
+    def _check(self, trainer: pl.Trainer, checkpoint: Mapping[str, Any] | None = None) -> None:
+        finite = self._bad_step is None or bool(self._bad_step < 0)
+        if finite and checkpoint is not None:
+            finite = all_finite(checkpoint_tensors(checkpoint))
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        raise TrainingDiverged(
+            f"training diverged: {self._what(trainer)}; {resume_point(trainer)}; "
+            "lower optimizer.lr (or clip gradients: trainer.gradient_clip_val)"
+        )
+
+    def _what(self, trainer: pl.Trainer) -> str:
+        """What is not finite, the same on every process: the first step whose loss was not finite on any of
+        them (a collective: every process calls it once they have decided to stop)."""
+        device = trainer.strategy.root_device
+        bad_step = torch.full((), -1, dtype=torch.long, device=device) if self._bad_step is None else self._bad_step
+        bad_loss = torch.zeros((), device=device) if self._bad_loss is None else self._bad_loss
+        steps = trainer.strategy.all_gather(bad_step).reshape(-1).cpu()
+        losses = trainer.strategy.all_gather(bad_loss).reshape(-1).cpu()
+        if not bool((steps >= 0).any()):
+            return f"the weights are not finite at step {trainer.global_step} (the loss was finite)"
+        first = int(steps.masked_fill(steps < 0, torch.iinfo(steps.dtype).max).argmin())
+        return f"the loss is {float(losses[first])} at step {int(steps[first])}"
+
+
+def resume_point(trainer: pl.Trainer) -> str:
+    """Which checkpoint is left to resume from: this run's last ``last.ckpt``, else the best ModelCheckpoint
+    saved, else the checkpoint the run resumed from."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, LastCheckpoint) and callback.saved_step is not None:
+            return f"the last checkpoint, {callback.path} (step {callback.saved_step}), is left intact"
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), "")
+    if best:
+        return f"the best checkpoint, {best}, is left intact"
+    if trainer.ckpt_path:
+        return f"no checkpoint was written since the run resumed from {trainer.ckpt_path}, which is left intact"
+    return "no checkpoint was written yet"
+
+
+def checkpoint_tensors(checkpoint: Mapping[str, Any]) -> Iterator[torch.Tensor]:
+    """The weights and the optimizer state of a checkpoint (not the callbacks' states: a best score starts at
+    infinity)."""
+
+    def walk(node: Any) -> Iterator[torch.Tensor]:
+        if isinstance(node, torch.Tensor):
+            yield node
+        elif isinstance(node, Mapping):
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                yield from walk(value)
+
+    yield from walk(checkpoint.get("state_dict", {}))
+    yield from walk(checkpoint.get("optimizer_states", []))
+
+
+def all_finite(tensors: Iterator[torch.Tensor]) -> bool:
+    """Whether every floating-point tensor is finite (one host sync per device)."""
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.is_floating_point() or tensor.is_complex():
+            flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    return all(bool(torch.stack(device_flags).all()) for device_flags in flags.values())
+
+
+# ------------------------------------------------------------------------------------------------- logs
+
+
+class ContinueLogs(Callback):
+    """When training starts, tell each logger that can continue a run's earlier logs in its folder (one with a
+    ``resume_at(step)`` method: :class:`tfgraph.tasks.loggers.CSVLogger` and ``TensorBoardLogger``) the step this
+    run's logs start at, and write in the run's log what it did with the earlier ones.
+
+    A run resumed into its own dir then keeps the rows and events of the steps before its checkpoint's and
+    replaces those after it (which it trains again); a new run (step 0) replaces an earlier run's.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:  # (the step a resumed run logs first is its checkpoint's global_step)
+            resume_at = getattr(logger, "resume_at", None)
+            done = resume_at(trainer.global_step) if callable(resume_at) else None
+            if done:
+                log.info("%s", done)
+
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "ContinueLogs",
+    "LastCheckpoint",
+    "StopOnDivergence",
+    "TrainingDiverged",
+    "ValidateAtLastStep",
+    "is_last_step",
+    "write_atomically",
+]
