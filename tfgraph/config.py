@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -48,23 +49,68 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    except MissingConfigException as err:
-        raise missing_option(err) from err
     except (HydraException, OmegaConfBaseException) as err:
-        raise composition_error(err) from err
+        raise hydra_error(err) from err
     finally:
         restore_gh_from_backup(outer)
     load_plugins(cfg.get("plugins"), "plugins")
     return cfg
 
 
+def hydra_error(err: Exception) -> ConfigError:
+    """An error Hydra or OmegaConf raise while composing a config (from Python or a command line), as the
+    ConfigError that says what is wrong where: :func:`missing_option` for an option a group does not have,
+    :func:`composition_error` for anything else (an unknown key, an override Hydra cannot parse)."""
+    if isinstance(err, MissingConfigException):
+        return missing_option(err)
+    return composition_error(err)
+
+
+OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic"
+OVERRIDE_KEY = re.compile(r"[+~]*([\w./@:\[\]-]+)=")  # the key of an override line: ``+trainer.max_step=100``
+
+
 def composition_error(err: Exception) -> ConfigError:
-    """Any other error Hydra or OmegaConf raise while composing, as a ConfigError at the key it is about."""
-    key = str(getattr(err.__cause__, "full_key", None) or "")
+    """Any other error Hydra or OmegaConf raise while composing, as a ConfigError at the key it is about.
+
+    An unknown key names the closest existing one (``trainer.max_step`` -> ``trainer.max_steps``) before saying
+    how to add a new key; an override Hydra cannot parse names its key and shows the override.
+    """
+    if isinstance(err, OverrideParseException):
+        line = str(err.override)
+        key = OVERRIDE_KEY.match(line)
+        reason = str(err.message).split("\nSee https://")[0].strip()
+        return ConfigError(
+            [(key[1] if key else "", f"cannot parse {line!r}: {reason} (override syntax: {OVERRIDE_GRAMMAR})")]
+        )
+    cause = err.__cause__
     lines = str(err).split("\nSee https://")[0].strip().splitlines()
-    if len(lines) == 2 and lines[0].startswith("Could not override") and "use +" in lines[1]:
-        return ConfigError([(key, f"no such key to override (to add it: +{lines[1].split('use +', 1)[1]})")])
-    return ConfigError([(key, "\n".join(lines))])
+    unknown = re.fullmatch(r"Could not override '(.+)'\.", lines[0]) if lines else None
+    if unknown and len(lines) == 2 and "use +" in lines[1]:
+        key = unknown[1]
+        hint = _close_key(key, cause)
+        return ConfigError([(key, f"no such key to override{hint} (to add it: +{lines[1].split('use +', 1)[1]})")])
+    deleted = re.fullmatch(r"Could not delete from config\. '(.+)' does not exist\.", lines[0]) if lines else None
+    if deleted and len(lines) == 1:
+        return ConfigError([(deleted[1], "no such key to delete")])
+    message = "\n".join(lines)
+    if isinstance(cause, OmegaConfBaseException) and str(getattr(cause, "msg", None) or "").strip():
+        message += f": {str(cause.msg).strip().splitlines()[0]}"  # what is wrong with the value: "not a valid bool"
+    return ConfigError([(str(getattr(cause, "full_key", None) or ""), message)])
+
+
+def _close_key(key: str, cause: BaseException | None) -> str:
+    """``: did you mean trainer.max_steps?`` for an override of ``trainer.max_step``, from the node OmegaConf
+    found no ``max_step`` in (empty when no key there is close)."""
+    parent = getattr(cause, "parent_node", None)
+    missing = str(getattr(cause, "key", None) or "")
+    full = str(getattr(cause, "full_key", None) or "")
+    if not isinstance(parent, DictConfig) or not missing or not full.endswith(missing) or not key.startswith(full):
+        return ""
+    close = difflib.get_close_matches(missing, [str(k) for k in parent.keys()], n=1)
+    if not close:
+        return ""
+    return f": did you mean {full[: len(full) - len(missing)]}{close[0]}{key[len(full) :]}?"
 
 
 def missing_option(err: MissingConfigException) -> ConfigError:

@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Annotated, Any, TextIO
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -23,11 +23,11 @@ from tfgraph import decoding
 from tfgraph.attention_maps import attention_report
 from tfgraph.data.tokenizers import KINDS, Tokenizer, build_tokenizer
 from tfgraph.decoding import Completion, generate_text
-from tfgraph.decoding.api import Strategy
+from tfgraph.decoding.api import Strategy, check_settings
 from tfgraph.decoding.text import token_defaults
 from tfgraph.models import build_model
-from tfgraph.registry import ConfigError, load_plugins, suggest
-from tfgraph.tasks import CausalLM, Task, load_checkpoint, load_task
+from tfgraph.registry import ConfigError, Finite, Positive, Problems, check_value, load_plugins, suggest
+from tfgraph.tasks import CausalLM, Task, load_checkpoint, load_task, trust_options
 from tfgraph.train import plain
 
 GENERATIVE_TASKS = ("causal_lm", "seq2seq")
@@ -46,6 +46,26 @@ DECODING_KEYS = (
     "early_stopping",
     "num_return_sequences",
 )
+# what each setting of tfgraph-generate and tfgraph-attention that is a number or a flag must be, checked as the
+# registry checks block arguments: a command line gives text (Hydra reads max_new_tokens=abc as 'abc'); the
+# ranges of the decoding settings are tfgraph.decoding's own to check (check_settings)
+COUNT = Annotated[int, Positive]
+NUMBER = Annotated[float, Finite]
+SETTING_TYPES: dict[str, Any] = {
+    "max_new_tokens": COUNT,
+    "num_return_sequences": COUNT,
+    "num_beams": COUNT,
+    "top_k": COUNT,
+    "top": COUNT,
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "min_p": NUMBER,
+    "repetition_penalty": NUMBER,
+    "length_penalty": NUMBER,
+    "seed": int,
+    "use_cache": bool,
+}
+DEVICES = "cpu, cuda, cuda:N, mps"
 
 
 # ------------------------------------------------------------------------------------------------ the API
@@ -59,6 +79,7 @@ def generate(
     max_new_tokens: int = 64,
     strategy: Strategy = "greedy",
     stream: bool | Callable[[str], None] = False,
+    trust_plugins: bool = False,
     **options: Any,
 ) -> str | list[str] | list[list[str]] | decoding.GenerateOutput:
     """Generate with a model, a task or a checkpoint: text in, text out (or token ids in, token ids out).
@@ -84,6 +105,8 @@ def generate(
         strategy: ``"greedy"``, ``"sample"`` or ``"beam"``.
         stream: text only: ``True`` prints each piece of text to stdout as it is generated, a callable receives
             the pieces (one prompt, ``greedy`` or ``sample``, one sequence).
+        trust_plugins: a checkpoint only: let it import the plugin modules its model config names (a checkpoint
+            is data, never code; without this a checkpoint that names one is refused).
         **options: the other settings of :func:`tfgraph.decoding.generate`: ``use_cache``, ``temperature``,
             ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``num_beams``, ``length_penalty``,
             ``early_stopping``, ``num_return_sequences``, ``seed``, ``generator``, ``eos_token_id``, ...
@@ -94,11 +117,12 @@ def generate(
         For a list of texts: a list of those. For token ids: a :class:`tfgraph.decoding.GenerateOutput`.
 
     Raises:
-        tfgraph.ConfigError: no checkpoint at ``source``.
+        tfgraph.ConfigError: no checkpoint at ``source``, or one that is not a readable tfgraph checkpoint or would
+            run code (see :func:`tfgraph.tasks.load_checkpoint`).
         ValueError: a task or model that does not generate, text without a tokenizer, a setting that does not apply
             (see :func:`tfgraph.decoding.generate`).
     """
-    model, tokenizer, settings = _generator(source, tokenizer)
+    model, tokenizer, settings = _generator(source, tokenizer, trust_plugins=trust_plugins)
     if isinstance(prompt, Tensor):
         if stream is not False:
             raise ValueError("stream is for text prompts; with token ids give a streamer= callback")
@@ -119,10 +143,12 @@ def generate(
     return outputs[0] if isinstance(prompt, str) else outputs
 
 
-def _generator(source: nn.Module | Task | str | Path, tokenizer: Tokenizer | None) -> tuple[nn.Module, Any, dict]:
+def _generator(
+    source: nn.Module | Task | str | Path, tokenizer: Tokenizer | None, *, trust_plugins: bool = False
+) -> tuple[nn.Module, Any, dict]:
     """The model, tokenizer and text settings (``prefix_lm``, ``context``) that ``source`` stands for."""
     if isinstance(source, (str, Path)):
-        source = load_task(load_checkpoint(source))
+        source = load_task(source, trust_plugins=trust_plugins)
     if isinstance(source, Task):
         if source.name not in GENERATIVE_TASKS:
             raise ValueError(
@@ -162,14 +188,9 @@ def generate_from_config(cfg: DictConfig, out: TextIO | None = None) -> list[lis
     """
     out = out or sys.stdout
     load_plugins(cfg.get("plugins"), "plugins")
-    task = _load_for(cfg, generative=True)
-    if cfg.strategy not in STRATEGIES:
-        known = f"expected one of {', '.join(STRATEGIES)}, got {cfg.strategy!r}{suggest(cfg.strategy, STRATEGIES)}"
-        raise ConfigError([("strategy", known)])
+    options = _decoding_options(cfg)  # every setting checked before the checkpoint is loaded
     prompts = _prompts(cfg)
-    options = {key: plain(cfg[key]) for key in DECODING_KEYS if cfg.get(key) is not None}
-    if cfg.strategy == "sample" and cfg.get("seed") is not None:
-        options["seed"] = int(cfg.seed)  # greedy and beam draw nothing: a seed means nothing to them
+    task = _load_for(cfg, generative=True)
     model, tokenizer, settings = _generator(task, None)
     continues = task.name == "causal_lm"
     streams = len(prompts) == 1 and cfg.strategy != "beam" and options.get("num_return_sequences", 1) == 1
@@ -229,6 +250,53 @@ def _prompts(cfg: DictConfig) -> list[str]:
     return [str("" if prompt is None else prompt)]  # an empty prompt: a language model starts from <bos>
 
 
+def _decoding_options(cfg: DictConfig) -> dict[str, Any]:
+    """The decoding settings of a ``generate`` config that are set (not null), each checked before any model is
+    loaded: its type (:data:`SETTING_TYPES`), then its range and whether it applies to the strategy
+    (:func:`tfgraph.decoding.api.check_settings`, the checks of :func:`tfgraph.decoding.generate`), and the device.
+
+    Raises:
+        tfgraph.ConfigError: every setting that cannot work, named by its key.
+    """
+    problems = Problems()
+    strategy = cfg.get("strategy")
+    if strategy not in STRATEGIES:
+        known = f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}{suggest(str(strategy), STRATEGIES)}"
+        problems.add("strategy", known)
+    _check_types(cfg, [*DECODING_KEYS, "seed"], problems, required=["max_new_tokens"])
+    _collect(problems, lambda: _device(cfg))
+    options = {key: plain(cfg[key]) for key in DECODING_KEYS if cfg.get(key) is not None}
+    if strategy == "sample" and cfg.get("seed") is not None:
+        options["seed"] = cfg.seed  # greedy and beam draw nothing: a seed means nothing to them
+    if not problems:
+        try:
+            check_settings(strategy=strategy, **{key: value for key, value in options.items() if key != "use_cache"})
+        except ValueError as err:
+            problems.add(_key_named_in(str(err)), str(err))
+    problems.raise_if_any()
+    return options
+
+
+def _check_types(cfg: DictConfig, keys: Sequence[str], problems: Problems, *, required: Sequence[str] = ()) -> None:
+    """Add to ``problems`` each of ``keys`` that is set (or ``required``) but not of its type in
+    :data:`SETTING_TYPES` (``max_new_tokens=abc``: ``expected a positive integer, got 'abc'``)."""
+    for key in keys:
+        hint, value = SETTING_TYPES.get(key), plain(cfg.get(key))
+        wrong = check_value(value, hint) if hint and (value is not None or key in required) else None
+        if wrong:
+            problems.add(key, wrong)
+
+
+def _collect(problems: Problems, function: Callable[[], Any]) -> Any:
+    """``function()``, or None with the problems of the ConfigError it raises added to ``problems``."""
+    try:
+        return function()
+    except ConfigError as err:
+        for path, message in err.problems:
+            problems.add(path, message)
+        return None
+
+
 def _key_named_in(message: str) -> str:
     """The decoding key a message of :func:`tfgraph.decoding.generate` is about: the first one it names."""
     found = [(m.start(), key) for key in DECODING_KEYS if (m := re.search(rf"\b{key}\b", message))]
@@ -255,8 +323,13 @@ def attention_from_config(cfg: DictConfig) -> str:
             longer than the model's ``max_len``, a layer the model does not have.
     """
     load_plugins(cfg.get("plugins"), "plugins")
+    problems = Problems()  # every setting checked before a model is loaded or built
     if not _given(cfg, "text"):
-        raise ConfigError([("text", "give the text to look at: text='time flies like an arrow'")])
+        problems.add("text", "give the text to look at: text='time flies like an arrow'")
+    _check_types(cfg, ["top", "seed"], problems, required=["top", "seed"])
+    layers = _collect(problems, lambda: _layers(cfg.layers))
+    _collect(problems, lambda: _device(cfg))
+    problems.raise_if_any()
     text = str(cfg.text)
     bos_first = False
     if cfg.get("model") is not None:
@@ -281,8 +354,8 @@ def attention_from_config(cfg: DictConfig) -> str:
             tokens,
             torch.tensor(ids, device=device),
             cfg.out_dir,
-            top=int(cfg.top),
-            layers=_layers(cfg.layers),
+            top=cfg.top,
+            layers=layers,
         )
     except ValueError as err:
         raise ConfigError([("layers", str(err))]) from err
@@ -328,7 +401,8 @@ def _load_for(cfg: DictConfig, *, generative: bool) -> Task:
         if not generative:
             how = "ckpt_path=<run dir>/checkpoints/last.ckpt, or model=<preset> for random weights"
         raise ConfigError([("ckpt_path", f"which checkpoint? {how}")])
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    trust = trust_options(cfg)
+    checkpoint = load_checkpoint(cfg.ckpt_path, **trust)
     name = checkpoint["tfgraph"]["task"]
     if generative and name not in GENERATIVE_TASKS:
         takes = " and ".join(GENERATIVE_TASKS)
@@ -336,7 +410,7 @@ def _load_for(cfg: DictConfig, *, generative: bool) -> Task:
             f"{cfg.ckpt_path} is a {name} checkpoint, which does not generate text; tfgraph-generate takes {takes}"
         )
         raise ConfigError([("ckpt_path", message)])
-    return load_task(checkpoint).to(_device(cfg)).eval()
+    return load_task(checkpoint, **trust, where=str(cfg.ckpt_path)).to(_device(cfg)).eval()
 
 
 def _given(cfg: DictConfig, key: str) -> bool:
@@ -344,7 +418,29 @@ def _given(cfg: DictConfig, key: str) -> bool:
 
 
 def _device(cfg: DictConfig) -> torch.device:
-    """``cfg.device``, or the GPU where there is one."""
-    if cfg.get("device"):
-        return torch.device(cfg.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cfg.device``, or the GPU where there is one.
+
+    Raises:
+        tfgraph.ConfigError: a device PyTorch does not know (``cpux``) or this machine does not have (``cuda``
+            without a GPU, ``cuda:3`` on a machine with two).
+    """
+    name = cfg.get("device")
+    if name is None or name == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(str(name))
+    except RuntimeError:
+        device = None
+    backend = getattr(torch, device.type, None) if device is not None else None  # torch.cpu, torch.cuda, torch.mps
+    if device is None or not hasattr(backend, "device_count"):
+        raise ConfigError([("device", f"unknown device {name!r}: expected {DEVICES}")])
+    if device.type == "cpu":
+        return device
+    count = backend.device_count()
+    if not count:
+        how = "use device=cpu, or leave device unset (the GPU where there is one, else the CPU)"
+        raise ConfigError([("device", f"{name}, but PyTorch finds no {device.type} device here: {how}")])
+    if device.index is not None and device.index >= count:
+        have = f"{device.type}:0" + (f" to {device.type}:{count - 1}" if count > 1 else "")
+        raise ConfigError([("device", f"{name}, but this machine has {count} {device.type} device(s): {have}")])
+    return device

@@ -17,28 +17,46 @@ import copy
 import csv
 import datetime
 import glob
+import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelSummary, ProgressBar
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from tfgraph.data import DataError
 from tfgraph.models import Transformer, build_model
-from tfgraph.registry import ConfigError, load_plugins
+from tfgraph.registry import ConfigError, load_plugins, suggest
 from tfgraph.show import MAX_LEN_COUNTED, count_flops
 from tfgraph.sweeps import write_json
-from tfgraph.tasks import CausalLM, Task, build_task, load_checkpoint, task_class
-from tfgraph.tasks.callbacks import ValidateAtLastStep, is_last_step
+from tfgraph.tasks import (
+    CausalLM,
+    Task,
+    build_task,
+    check_resumable,
+    data_module_class,
+    load_checkpoint,
+    load_task,
+    task_class,
+    trust_options,
+)
+from tfgraph.tasks.callbacks import (
+    AtomicCheckpointIO,
+    ContinueLogs,
+    StopOnDivergence,
+    TrainingDiverged,
+    ValidateAtLastStep,
+)
 from tfgraph.tasks.optim import check_optimizer, check_scheduler
 
 log = logging.getLogger(__name__)
@@ -61,7 +79,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tfgraph.ConfigError: for a config mistake (the task does not fit the model or the data, a model over
             ``max_params``, ...).
         tfgraph.data.DataError: for missing or malformed data.
-        TrainingDiverged: when the training loss stops being finite.
+        TrainingDiverged: when the training loss (or the weights about to be saved) stops being finite; no
+            checkpoint holds the diverged weights.
     """
     cfg = copy.deepcopy(cfg)
     output_dir = prepare_output_dir(cfg)
@@ -69,7 +88,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     max_params = check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # first: a missing logger package is found before any data is read
-    task, datamodule = resume(cfg.ckpt_path) if cfg.get("ckpt_path") else build(cfg, max_params)
+    if cfg.get("ckpt_path"):  # checked here, before Lightning's fit reads the file again
+        task, datamodule = resume(cfg.ckpt_path, **trust_options(cfg))
+    else:
+        task, datamodule = build(cfg, max_params)
     check_optimized_metric(cfg, task)
     tokenizer = datamodule.tokenizer
     tokenizer.save(output_dir / "tokenizer.json")
@@ -163,20 +185,24 @@ def build(cfg: DictConfig, max_params: int | None = None) -> tuple[Task, pl.Ligh
     return task, datamodule
 
 
-def resume(ckpt_path: str) -> tuple[Task, pl.LightningDataModule]:
-    """The task and data of a checkpoint (``Trainer.fit`` loads its weights and training state)."""
-    checkpoint = load_checkpoint(ckpt_path)
-    name, args = checkpoint["tfgraph"]["task"], checkpoint["hyper_parameters"]
+def resume(
+    ckpt_path: str, *, trust_plugins: bool = False, plugins: Collection[str] = ()
+) -> tuple[Task, pl.LightningDataModule]:
+    """The task and data of a checkpoint, checked as :func:`tfgraph.tasks.load_checkpoint` checks it (``Trainer.fit``
+    then loads its training state; ``trust_plugins`` and ``plugins``: what the checkpoint may import)."""
+    checkpoint = load_checkpoint(ckpt_path, trust_plugins=trust_plugins, plugins=plugins)
+    check_resumable(checkpoint, where=str(ckpt_path))
+    name = checkpoint["tfgraph"]["task"]
     log.info(
         "resuming %s from step %d; model, task, tokenizer and data as in the checkpoint",
         name,
         checkpoint["global_step"],
     )
-    datamodule = build_datamodule(args["data"], tokenizer=args["tokenizer"], label_names=args["label_names"])
+    datamodule = checkpoint_datamodule(checkpoint, where=str(ckpt_path), trust_plugins=trust_plugins)
     check_fits(name, datamodule)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    return task_class(name)(**args), datamodule
+    return load_task(checkpoint, trust_plugins=trust_plugins, plugins=plugins, where=str(ckpt_path)), datamodule
 
 
 # --------------------------------------------------------------------------------- the model before its weights
@@ -263,14 +289,21 @@ def plain(node: Any) -> Any:
 
 
 def build_datamodule(
-    data_cfg: Mapping[str, Any] | None, *, tokenizer: str | None = None, label_names: list[str] | None = None
+    data_cfg: Mapping[str, Any] | None,
+    *,
+    tokenizer: str | None = None,
+    label_names: list[str] | None = None,
+    cls: type[pl.LightningDataModule] | None = None,
 ) -> pl.LightningDataModule:
-    """Instantiate the DataModule a data config names (``_target_``), optionally reusing a tokenizer and labels.
+    """The DataModule a data config names (``_target_``), optionally reusing a tokenizer and labels.
 
     Args:
         data_cfg: the ``data`` node as plain containers.
         tokenizer: a tokenizer's JSON (from a checkpoint) to use instead of training one.
         label_names: the label names of a checkpoint, so that label ids mean what they meant in training.
+        cls: the class to call with the config's options as they are, for a checkpoint's data (looked up by
+            :func:`tfgraph.tasks.data_module_class`, never instantiated by Hydra); None: Hydra instantiates the
+            ``_target_`` of a user's config.
     """
     if not data_cfg or "_target_" not in data_cfg:
         raise ConfigError([("data", "no data config: choose one, e.g. data=text data.path=book.txt")])
@@ -280,6 +313,14 @@ def build_datamodule(
         data_cfg.pop("tokenizer_path", None)
     if label_names is not None and "label_names" in data_cfg:
         data_cfg["label_names"] = list(label_names)
+    if cls is not None:
+        options = {key: value for key, value in data_cfg.items() if key != "_target_"}
+        try:
+            return cls(**options)
+        except (DataError, ConfigError):
+            raise
+        except (TypeError, ValueError) as err:
+            raise ConfigError([("data", f"{cls.__name__}: {err}")]) from None
     try:
         return instantiate(data_cfg, _convert_="all")
     except InstantiationException as err:
@@ -287,6 +328,34 @@ def build_datamodule(
         if isinstance(cause, (DataError, ConfigError)):
             raise cause from None
         raise ConfigError([("data", str(cause or err))]) from err
+
+
+def checkpoint_datamodule(
+    checkpoint: Mapping[str, Any],
+    *,
+    where: str,
+    overrides: Mapping[str, Any] | None = None,
+    trust_plugins: bool = False,
+) -> pl.LightningDataModule:
+    """The DataModule of a checked checkpoint's data config, with its tokenizer and label names.
+
+    Its class is one :func:`tfgraph.tasks.data_module_class` allows, called with the plain options (no Hydra).
+
+    Args:
+        checkpoint: as :func:`tfgraph.tasks.load_checkpoint` returned it.
+        where: the checkpoint's path, for the messages.
+        overrides: the user's keys over the checkpoint's (``tfgraph-eval +data.batch_size=64``); a ``_target_``
+            among them is the user's choice, imported as any module of the user's config is.
+        trust_plugins: let the checkpoint import the module of the class it names.
+    """
+    args = checkpoint["hyper_parameters"]
+    overrides = dict(overrides or {})
+    data_cfg = {**(args.get("data") or {}), **overrides}
+    if "_target_" not in data_cfg:
+        raise ConfigError([("data", f"{where} holds no data config: give one, e.g. +data._target_=...")])
+    trusted = trust_plugins or "_target_" in overrides
+    cls = data_module_class(data_cfg["_target_"], where=where, trust_plugins=trusted)
+    return build_datamodule(data_cfg, tokenizer=args["tokenizer"], label_names=args.get("label_names"), cls=cls)
 
 
 def absolute_paths(data_cfg: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -434,12 +503,42 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks += [ValidateAtLastStep(), StopOnDivergence()]
+    # first: it sees each step's loss before a checkpoint of that step is taken
+    callbacks = [StopOnDivergence(), *callbacks, ValidateAtLastStep(), *([ContinueLogs()] if loggers else [])]
     check_accelerator(cfg.trainer)
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+        plugins = with_atomic_checkpoints(cfg.trainer.get("plugins"))
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides)
     except InstantiationException as err:
-        raise ConfigError([("trainer", str(err.__cause__ or err))]) from err
+        problems = unknown_arguments(cfg.trainer, "trainer") or [("trainer", str(err.__cause__ or err))]
+        raise ConfigError(problems) from err
+
+
+def with_atomic_checkpoints(given: Any) -> list[Any]:
+    """The trainer's ``plugins`` with :class:`~tfgraph.tasks.callbacks.AtomicCheckpointIO` unless one of them
+    writes the checkpoints: every checkpoint file is written whole or not at all."""
+    plugins = instantiate(given, _convert_="all") if OmegaConf.is_config(given) else given
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def unknown_arguments(node: DictConfig, path: str) -> list[tuple[str, str]]:
+    """The keys of the instantiable config ``node`` (at ``path``) that its ``_target_`` takes no argument for, each
+    with the closest arguments it does take (``+trainer.max_step=100``: ``trainer.max_step``, ``max_steps``)."""
+    try:
+        parameters = inspect.signature(get_class(str(node._target_))).parameters.values()
+    except Exception:  # no class there: instantiating said why
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    takes = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        (f"{path}.{key}", f"{node._target_} takes no argument {key!r}{suggest(key, takes)}")
+        for key in map(str, node)
+        if not key.startswith("_") and key not in takes
+    ]
 
 
 def check_accelerator(trainer_cfg: DictConfig) -> None:
@@ -466,34 +565,6 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
                     "on a CPU, trainer=ddp_sim runs the distributed code paths (DDP over gloo)",
                 )
             ]
-        )
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss stopped being finite (NaN or infinite)."""
-
-
-class StopOnDivergence(Callback):
-    """Raise :class:`TrainingDiverged` when the training loss is NaN or infinite, instead of training on.
-
-    The loss is checked at the steps whose metrics are logged (every ``trainer.log_every_n_steps``, when the
-    loggers read the loss anyway) and at the last step; a diverged model stays diverged, so a late check only
-    costs those steps. Under DDP every process takes the same decision.
-    """
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if not isinstance(loss, torch.Tensor):
-            return
-        step = trainer.global_step
-        if step % max(trainer.log_every_n_steps, 1) and not is_last_step(trainer):
-            return
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(finite, all=True):
-            return
-        raise TrainingDiverged(
-            f"training diverged: the loss is {float(loss.detach().float().mean())} at step {step}; "
-            "lower optimizer.lr (or clip gradients: trainer.gradient_clip_val)"
         )
 
 

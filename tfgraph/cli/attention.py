@@ -10,17 +10,15 @@ A thin wrapper over :func:`tfgraph.inference.attention_from_config` (see ``conf/
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from tfgraph.cli import exit_on_config_error
-from tfgraph.config import conf_dir
+from tfgraph.cli import command, exit_on_config_error
 
 
 def main() -> None:
     """The console script: compose the ``attention`` config from the command line and print the report."""
 
-    @hydra.main(config_path=str(conf_dir()), config_name="attention", version_base="1.3")
+    @command("attention")
     def run(cfg: DictConfig) -> None:
         from tfgraph.inference import attention_from_config
 

@@ -8,17 +8,16 @@ A thin wrapper over :func:`tfgraph.evaluate.evaluate`. Exit codes as ``tfgraph-t
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
+from tfgraph.cli import command
 from tfgraph.cli.train import run_job
-from tfgraph.config import conf_dir
 
 
 def main() -> None:
     """The console script: compose the ``eval`` config from the command line, evaluate, print the metrics."""
 
-    @hydra.main(config_path=str(conf_dir()), config_name="eval", version_base="1.3")
+    @command("eval")
     def run(cfg: DictConfig) -> None:
         from tfgraph.evaluate import evaluate
 

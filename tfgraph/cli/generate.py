@@ -5,24 +5,22 @@ translates it).
     tfgraph-generate ckpt_path=... prompt=hello strategy=beam num_beams=4 num_return_sequences=3
     tfgraph-generate ckpt_path=... prompt_file=sources.txt
 
-A thin wrapper over :func:`tfgraph.inference.generate_from_config` (see ``conf/generate.yaml``). Exit codes: 0 on
-success, 1 when Hydra cannot compose the config (an unknown key, say), 2 for a :class:`tfgraph.ConfigError`
-(printed as ``error: ...``, no traceback).
+A thin wrapper over :func:`tfgraph.inference.generate_from_config` (see ``conf/generate.yaml``); every setting is
+checked before the checkpoint is loaded. Exit codes: 0 on success, 2 for a :class:`tfgraph.ConfigError`, an
+option, key or override Hydra cannot compose included (printed as ``error: ...``, no traceback).
 """
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from tfgraph.cli import exit_on_config_error
-from tfgraph.config import conf_dir
+from tfgraph.cli import command, exit_on_config_error
 
 
 def main() -> None:
     """The console script: compose the ``generate`` config from the command line and generate."""
 
-    @hydra.main(config_path=str(conf_dir()), config_name="generate", version_base="1.3")
+    @command("generate")
     def run(cfg: DictConfig) -> None:
         from tfgraph.inference import generate_from_config
 

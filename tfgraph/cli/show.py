@@ -4,27 +4,25 @@
     tfgraph-show model=llama_tiny model/ffn=moe model/layer=parallel
     tfgraph-show model=t5_tiny format=svg out=t5.svg
 
-Exit codes: 0 on success, 1 when Hydra cannot compose the config (an unknown option, say) or Graphviz is
-missing for svg/png, 2 for a :class:`tfgraph.ConfigError`.
+Exit codes: 0 on success, 1 when Graphviz is missing for svg/png, 2 for a :class:`tfgraph.ConfigError`, an
+option, key or override Hydra cannot compose included (printed as ``error: ...``, no traceback).
 """
 
 from __future__ import annotations
 
 import sys
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tfgraph.cli import exit_on_config_error
-from tfgraph.config import conf_dir
+from tfgraph.cli import command, exit_on_config_error
 from tfgraph.show import GraphvizMissing, show
 
 
 def main() -> None:
     """The console script: compose the ``show`` config from the command line and print what :func:`show` returns."""
 
-    @hydra.main(config_path=str(conf_dir()), config_name="show", version_base="1.3")
+    @command("show")
     def run(cfg: DictConfig) -> None:
         try:
             print(exit_on_config_error(lambda: show(cfg, name=HydraConfig.get().runtime.choices.get("model"))))

@@ -1,12 +1,14 @@
-"""Sweeps (``tfgraph-train -m``): the job function that keeps a sweep going past a failed job, the Hydra
-callback that records each job and writes the sweep's summary, and the resolvers the launcher presets use.
+"""Sweeps (``tfgraph-train -m``): the Hydra callback that checks every swept value composes before any job is
+launched, the job function that keeps a sweep going past a failed job, the Hydra callback that records each job
+and writes the sweep's summary, and the resolvers the launcher presets use.
 
-Registered in ``conf/train.yaml`` under ``hydra.callbacks.sweep_summary``; see :mod:`tfgraph.sweeps` for the
-files a job leaves and what the summary lists.
+The callbacks are registered in ``conf/train.yaml`` under ``hydra.callbacks`` (``sweep_check``, ``sweep_summary``);
+see :mod:`tfgraph.sweeps` for the files a job leaves and what the summary lists.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -16,11 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import RangeSweep
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from tfgraph.cli import exit_on_config_error
+from tfgraph.config import hydra_error
 from tfgraph.data import DataError
 from tfgraph.registry import ConfigError
 from tfgraph.sweeps import (
@@ -30,6 +39,7 @@ from tfgraph.sweeps import (
     JobResult,
     declared_sweeps,
     error_line,
+    read_jobs,
     write_json,
     write_summary,
 )
@@ -38,6 +48,81 @@ log = logging.getLogger(__name__)
 
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # as Lightning reads them
 GPU_ACCELERATORS = ("gpu", "cuda")  # not auto: a job asks SLURM for GPUs only on a GPU trainer
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's own: its params are overrides
+
+
+class SweepCheck(Callback):
+    """Hydra callback: before a multirun launches anything, compose the config of each value of each swept
+    override once (:func:`check_sweep`); when one does not compose, ``error: ...`` listing every such value, and
+    exit code 2 with no job run (one misspelt value must not stop a sweep halfway, or after the others ran)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra logs and ignores an exception a callback raises, but not an exit
+        exit_on_config_error(lambda: check_sweep(config))
+
+
+def check_sweep(config: DictConfig) -> None:
+    """Compose, as the launcher will, the job config of each value of each override a multirun sweeps (on the
+    command line and, with Hydra's basic sweeper, in ``hydra.sweeper.params``): the first values of all sweeps,
+    then each other value of one sweep with the first values of the others, not every combination.
+
+    Args:
+        config: the multirun's config, as Hydra hands it to ``on_multirun_start`` (with Hydra initialised).
+
+    Raises:
+        tfgraph.ConfigError: every value that does not compose, at its key, with the jobs it is in.
+    """
+    loader = GlobalHydra.instance().config_loader()
+    found: dict[tuple[str, str], str] = {}  # each problem, with the first probe it came up in
+    for label, overrides in _probes(config, loader):
+        try:
+            loader.load_sweep_config(config, overrides)
+        except (HydraException, OmegaConfBaseException) as err:
+            for problem in hydra_error(err).problems:
+                found.setdefault(problem, label)
+    if found:
+        raise ConfigError(
+            [(key, f"{message} (in the sweep's jobs with {label})") for (key, message), label in found.items()]
+        )
+
+
+def _probes(config: DictConfig, loader: Any) -> list[tuple[str, list[str]]]:
+    """The job overrides :func:`check_sweep` composes, each with the swept values it tries (none for one job).
+
+    A range is tried by its first value (the others are numbers like it). A sweep that a sweeper samples itself
+    (Optuna's ``interval(...)``), and the search space of any sweeper but the basic one, are left to the sweeper.
+    """
+    task = [str(override) for override in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+    params = []
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) == BASIC_SWEEPER:
+        given = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        params = [f"{key}={value}" for key, value in given.items()]
+    choices: dict[str, list[str]] = {}  # each key's job overrides, the last given winning (as the sweeper does)
+    swept: list[str] = []
+    for override in OverridesParser.create(config_loader=loader).parse_overrides([*params, *task]):
+        key = override.get_key_element()
+        choices.pop(key, None)
+        if key in swept:
+            swept.remove(key)
+        if not override.is_sweep_override():
+            choices[key] = [override.input_line]
+        elif override.is_discrete_sweep():  # a,b  choice(a,b)  range(0,4)  glob(*)
+            values = override.sweep_string_iterator()
+            if isinstance(override.value(), RangeSweep):
+                values = itertools.islice(values, 1)
+            choices[key] = [f"{key}={value}" for value in values]
+            swept.append(key)
+    swept = [key for key in swept if choices.get(key)]
+    if not swept:
+        return []  # one job: the sweeper composes it before launching it
+    first = {key: values[0] for key, values in choices.items() if values}
+    probes = [(" ".join(first[key] for key in swept), list(first.values()))]
+    for key in swept:
+        for value in choices[key][1:]:
+            probes.append((value, [value if other == key else given for other, given in first.items()]))
+    return probes
 
 
 class FailedJob:
@@ -216,6 +301,9 @@ def summarize_stopped_sweep() -> None:
         return
     callback, config = SweepSummary.running
     SweepSummary.running = None
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if not sweep_dir.is_dir() or not read_jobs(sweep_dir):
+        return  # stopped before its first job (a value the sweeper could not compose): nothing to sum up
     try:
         jobs = callback.summarize(config)
     except Exception as err:  # the error that stopped the sweep is the one to report
@@ -258,7 +346,9 @@ def register_resolvers() -> None:
 
 __all__ = [
     "FailedJob",
+    "SweepCheck",
     "SweepSummary",
+    "check_sweep",
     "declared_sweeps",
     "objective_mode",
     "register_resolvers",

@@ -7,11 +7,12 @@
     tfgraph-train -m optimizer.lr=1e-3,3e-4           # a sweep; each job returns cfg.optimized_metric
     tfgraph-train -m hparams_search=optuna             # an Optuna search (conf/hparams_search/optuna.yaml)
 
-Exit codes: 0 on success, 1 when Hydra cannot compose the config (an unknown option, say), 2 for a
-:class:`tfgraph.ConfigError` or a :class:`tfgraph.data.DataError` (printed as ``error: ...``, no traceback),
-3 when the training loss diverges (:class:`tfgraph.train.TrainingDiverged`). In a sweep (``-m``) a job that
-fails is logged and marked failed, and the sweep goes on (:mod:`tfgraph.cli.sweep`): ``summary.md`` and
-``summary.csv`` in the sweep dir list every job.
+Exit codes: 0 on success, 2 for a :class:`tfgraph.ConfigError` or a :class:`tfgraph.data.DataError`, an option,
+key or override Hydra cannot compose included (printed as ``error: ...``, no traceback), 3 when the training
+loss diverges (:class:`tfgraph.train.TrainingDiverged`). A sweep (``-m``) first composes each value of each swept
+override and exits 2, launching nothing, when one does not compose (:class:`tfgraph.cli.sweep.SweepCheck`);
+then a job that fails is logged and marked failed, and the sweep goes on (:mod:`tfgraph.cli.sweep`):
+``summary.md`` and ``summary.csv`` in the sweep dir list every job.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tfgraph.cli import command
 from tfgraph.cli.sweep import register_resolvers, summarize_stopped_sweep, sweep_job
-from tfgraph.config import conf_dir
 from tfgraph.data import DataError
 from tfgraph.registry import ConfigError
 
@@ -133,7 +133,7 @@ def main() -> None:
     register_resolvers()
     check_plugins(sys.argv[1:])
 
-    @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
+    @command("train")
     def run(cfg: DictConfig) -> Any:
         from tfgraph.train import train
 

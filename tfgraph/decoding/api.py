@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -237,33 +237,15 @@ def _check(
     attention_mask: Tensor | None,
     *,
     max_new_tokens: int,
-    strategy: str,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    min_p: float | None,
-    repetition_penalty: float,
-    num_beams: int | None,
-    length_penalty: float | None,
-    early_stopping: bool | str | None,
-    num_return_sequences: int,
-    seed: int | None,
-    generator: torch.Generator | None,
-    streamer: Callable | None,
-    output_logits: bool,
+    **settings: Any,
 ) -> None:
-    """Refuse settings that cannot work or would be silently ignored, each with the reason."""
+    """Refuse a model, inputs or settings that cannot work or would be silently ignored, each with the reason."""
     topology = getattr(model, "topology", None)
     if topology not in ("decoder_only", "encoder_decoder"):
         raise ValueError(f"generate needs a decoder_only or encoder_decoder model, got topology {topology!r}")
-    if strategy not in ("greedy", "sample", "beam"):
-        raise ValueError(f"strategy must be 'greedy', 'sample' or 'beam', got {strategy!r}")
+    check_settings(max_new_tokens=max_new_tokens, **settings)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {list(input_ids.shape)}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be positive, got {repetition_penalty}")
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
@@ -276,6 +258,39 @@ def _check(
     if needed > max_len:
         what = "prompt length plus max_new_tokens" if topology == "decoder_only" else "max_new_tokens"
         raise ValueError(f"{what} ({needed}) exceeds the model's max_len ({max_len})")
+
+
+def check_settings(
+    *,
+    max_new_tokens: int,
+    strategy: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    num_beams: int | None = None,
+    length_penalty: float | None = None,
+    early_stopping: bool | str | None = None,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    streamer: Callable | None = None,
+    output_logits: bool = False,
+) -> None:
+    """Refuse :func:`generate` settings that cannot work or would be silently ignored, before any model runs (the
+    arguments and defaults of :func:`generate`; tfgraph-generate checks its config with it before loading the
+    checkpoint).
+
+    Raises:
+        ValueError: the first setting that cannot work, named in the message, with the reason.
+    """
+    if strategy not in ("greedy", "sample", "beam"):
+        raise ValueError(f"strategy must be 'greedy', 'sample' or 'beam', got {strategy!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be positive, got {repetition_penalty}")
     sampling = {"temperature": temperature != 1.0, "top_k": top_k is not None, "top_p": top_p is not None}
     sampling |= {"min_p": min_p is not None, "seed": seed is not None, "generator": generator is not None}
     if strategy != "sample" and any(sampling.values()):
