@@ -77,7 +77,7 @@ SHOW = [
     case("show", "model=gpt2_tiny", "model.dropout=1.5", says="model.dropout"),
     case("show", "model=gpt2_tiny", "model.d_model=abc", says="model.d_model"),
     case("show", "model=llama_tiny", "model.n_kv_heads=3", says="model.n_kv_heads"),
-    case("show", "model=gpt2_tiny", "model.norm.eps=-1", says="model.norm.eps"),
+    case("show", "model=gpt2_tiny", "+model.norm.eps=-1", says=("model.norm.eps", "positive")),
     case("show", "model=gpt2_tiny", "+model.attention.softmax_scale=0", says="model.attention.softmax_scale"),
     case("show", "model=gpt2_tiny", "+model.attention.softmax_scale=-1", says="model.attention.softmax_scale"),
     case("show", "model=gpt2_tiny", "model.norm.block=rmsnrom", says=("model.norm.block", "rmsnorm")),
