@@ -314,7 +314,7 @@ def test_checkpoints_hold_plain_containers_and_load_with_weights_only(tmp_path: 
     for path in (tmp_path / "checkpoints").glob("*.ckpt"):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         assert _plain_only(checkpoint) == []
-        assert checkpoint["tfgraph"] == {"task": "token_classification"}
+        assert checkpoint["tfgraph"] == {"task": "token_classification", "format": 1}
         assert checkpoint["hyper_parameters"]["label_names"] == TAGS
         assert (
             checkpoint["hyper_parameters"]["model"]["vocab_size"]

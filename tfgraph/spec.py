@@ -107,7 +107,21 @@ def to_container(cfg: Any, path: str = "model") -> dict[str, Any]:
             raise ConfigError([(path, f"could not resolve the config: {err}")]) from err
     if not isinstance(cfg, Mapping):
         raise ConfigError([(path, f"expected a model config mapping, got {type(cfg).__name__}")])
-    return dict(cfg)
+    return {key: _plain(value, f"{path}.{key}") for key, value in cfg.items()}
+
+
+def _plain(value: Any, path: str) -> Any:
+    """A value of a model config with any OmegaConf node in it (``{**cfg.model, "vocab_size": 89}``) made plain."""
+    if OmegaConf.is_config(value):
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError([(path, f"could not resolve the config: {err}")]) from err
+    if isinstance(value, Mapping):
+        return {key: _plain(item, f"{path}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    return value
 
 
 def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
