@@ -151,6 +151,7 @@ SOURCE_OPTION_RULES: dict[str, Rule] = {  # the sources' options, by name (the s
     "target": text("a SWORD module's name", optional=False),
     "sword_path": PATH,
     "cache_root": PATH,
+    "lists_dir": PATH,
     "fetch": flag,
 }
 

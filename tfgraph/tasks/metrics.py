@@ -4,6 +4,7 @@
   by seqeval's ``get_entities``).
 - :class:`CorpusScore`: sacrebleu's corpus BLEU or chrF, from summed sufficient statistics (so a corpus split
   over batches and processes scores exactly as ``sacrebleu.corpus_bleu`` on the whole).
+- :class:`Rouge`: torchmetrics' ``ROUGEScore``, its F-measures on the 0-100 scale of BLEU and chrF.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from sacrebleu.metrics import BLEU, CHRF
 from seqeval.metrics.sequence_labeling import get_entities
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.text.rouge import ROUGEScore
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 class EntityF1(Metric):
@@ -75,3 +79,43 @@ class CorpusScore(Metric):
     def compute(self) -> Tensor:
         score = self.scorer._compute_score_from_stats([int(s) for s in self.stats.tolist()])
         return torch.tensor(score.score, dtype=torch.float32)
+
+
+def rouge_lsum_missing() -> str | None:
+    """Why ``rougeLsum`` cannot be computed here (it splits sentences with nltk's ``punkt_tab`` model), or None."""
+    how = "pip install nltk && python -m nltk.downloader punkt_tab (the download needs the network once)"
+    try:
+        import nltk
+    except ImportError:
+        return f"rougeLsum splits sentences with nltk, which is not installed: {how}"
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+    except LookupError:
+        return f"rougeLsum splits sentences with nltk's punkt_tab model, which is not downloaded: {how}"
+    return None
+
+
+class Rouge(ROUGEScore):
+    """ROUGE F-measures (0-100) of hypothesis strings against one reference each: torchmetrics' ``ROUGEScore``
+    with its defaults (lowercased alphanumeric words, no stemming), the mean over the pairs.
+
+    ``rouge1`` and ``rouge2`` count shared word unigrams and bigrams, ``rougeL`` the longest common
+    subsequence of words, ``rougeLsum`` the union LCS over sentences (split by nltk, see
+    :func:`rouge_lsum_missing`); as Lin (2004) and Google's ``rouge-score``.
+
+    Args:
+        keys: which of :data:`ROUGE_KEYS` to compute; ``compute()`` returns ``{key: F-measure}``.
+
+    ``update(preds, target)`` takes hypothesis strings and one reference string each.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        super().__init__(rouge_keys=tuple(keys))
+        self.keys = tuple(keys)  # what compute() returns, each logged as <stage>/<key>
+
+    def update(self, preds: Sequence[str], target: Sequence[str]) -> None:
+        super().update(list(preds), [[t] for t in target])
+
+    def compute(self) -> dict[str, Tensor]:
+        scores = super().compute()
+        return {key: 100 * scores[f"{key}_fmeasure"].float() for key in self.keys}

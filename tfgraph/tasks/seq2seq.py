@@ -9,8 +9,13 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
 from tfgraph.decoding import generate, pad_prompts
+from tfgraph.registry import ConfigError, suggest
 from tfgraph.tasks.base import StepOutput, Task, token_accuracy, token_loss
-from tfgraph.tasks.metrics import CorpusScore
+from tfgraph.tasks.metrics import ROUGE_KEYS, CorpusScore, Rouge, rouge_lsum_missing
+
+# what val/test can score decoded strings by (``task.metrics``); loss, perplexity and accuracy are always logged
+METRICS = ("bleu", "chrf", "exact_match", *ROUGE_KEYS)
+DEFAULT_METRICS = ("bleu", "chrf", "exact_match")
 
 
 class Seq2Seq(Task):
@@ -22,13 +27,18 @@ class Seq2Seq(Task):
     - encoder_decoder: the decoder reads ``<bos>`` and the target shifted right (teacher forcing).
     - decoder_only (prefix LM): one sequence ``source <eos> target``, the loss over the target only.
 
-    Val/test also decode greedily and score the decoded strings against the references: ``bleu`` and ``chrf``
-    (sacrebleu's, 0-100) and ``exact_match``; besides ``loss``, ``perplexity`` and teacher-forced token
-    ``accuracy``.
+    Val/test also decode (greedily, or with beam search) and score the decoded strings against the references
+    by ``metrics``: ``bleu`` and ``chrf`` (sacrebleu's), ``rouge1``, ``rouge2``, ``rougeL``, ``rougeLsum``
+    (torchmetrics' ROUGE F-measures), all 0-100, and ``exact_match``; besides ``loss``, ``perplexity`` and
+    teacher-forced token ``accuracy``, always logged.
 
     Args:
-        generate: decode in val/test for bleu, chrf and exact_match (off: loss and accuracy only, faster).
+        generate: decode in val/test for the metrics (off: loss and accuracy only, faster).
         max_new_tokens: the longest decoded output (``None``: twice the longest reference of the batch plus 8).
+        metrics: what to score the decoded strings by, of :data:`METRICS` (``None``: bleu, chrf, exact_match).
+        num_beams: beams of val and test decoding (1: greedy).
+        test_num_beams: beams of test decoding (``None``: ``num_beams``).
+        length_penalty: beam search ranks a hypothesis by ``sum log p / length ** length_penalty``.
         **common: see :class:`~tfgraph.tasks.base.Task`.
     """
 
@@ -39,18 +49,36 @@ class Seq2Seq(Task):
     }
     perplexity = True
 
-    def __init__(self, *, generate: bool = True, max_new_tokens: int | None = None, **common: Any) -> None:
+    def __init__(
+        self,
+        *,
+        generate: bool = True,
+        max_new_tokens: int | None = None,
+        metrics: list[str] | None = None,
+        num_beams: int = 1,
+        test_num_beams: int | None = None,
+        length_penalty: float = 1.0,
+        **common: Any,
+    ) -> None:
+        check_decoding(
+            metrics=metrics, num_beams=num_beams, test_num_beams=test_num_beams, length_penalty=length_penalty
+        )
         super().__init__(**common)
 
     def make_metrics(self) -> dict[str, Metric]:
+        metrics: dict[str, Metric] = {"accuracy": MeanMetric()}
         if not self.hparams.generate:
-            return {"accuracy": MeanMetric()}
-        return {
-            "accuracy": MeanMetric(),
-            "bleu": CorpusScore("bleu"),
-            "chrf": CorpusScore("chrf"),
-            "exact_match": MeanMetric(),
-        }
+            return metrics
+        chosen = list(dict.fromkeys(self.hparams.get("metrics") or DEFAULT_METRICS))
+        for name in chosen:
+            if name in ("bleu", "chrf"):
+                metrics[name] = CorpusScore(name)
+            elif name == "exact_match":
+                metrics[name] = MeanMetric()
+        rouge = [name for name in chosen if name in ROUGE_KEYS]
+        if rouge:
+            metrics["rouge"] = Rouge(rouge)
+        return metrics
 
     # ---------------------------------------------------------------------------------------- teacher forcing
 
@@ -108,17 +136,23 @@ class Seq2Seq(Task):
         token_accuracy(metrics["accuracy"], out)
         if not self.hparams.generate:
             return
-        predictions = self.translate(batch)
+        testing = metrics is self.metrics["test"]
+        beams = self.hparams.get("num_beams", 1)
+        if testing and self.hparams.get("test_num_beams") is not None:
+            beams = self.hparams.test_num_beams
+        predictions = self.translate(batch, num_beams=beams)
         references = [self.tokenizer.decode(t.tolist()) for t in self._targets(batch)]
-        metrics["bleu"].update(predictions, references)
-        metrics["chrf"].update(predictions, references)
-        metrics["exact_match"].update(
-            torch.tensor([p == r for p, r in zip(predictions, references, strict=True)], dtype=torch.float)
-        )
+        for name, metric in metrics.items():
+            if name == "exact_match":
+                same = [p == r for p, r in zip(predictions, references, strict=True)]
+                metric.update(torch.tensor(same, dtype=torch.float))
+            elif name not in ("loss", "accuracy"):
+                metric.update(predictions, references)
 
     @torch.no_grad()
-    def translate(self, batch: dict[str, Tensor]) -> list[str]:
-        """Greedy outputs for the sources of a batch, decoded to strings (up to the first ``<eos>``)."""
+    def translate(self, batch: dict[str, Tensor], *, num_beams: int = 1) -> list[str]:
+        """Greedy (or, with ``num_beams`` > 1, beam search) outputs for the sources of a batch, decoded to strings
+        (up to the first ``<eos>``)."""
         longest = int((batch["labels"] != -100).sum(dim=1).max())
         max_new = self.hparams.max_new_tokens or 2 * longest + 8
         max_len = self.model.spec.sizes["max_len"]
@@ -132,9 +166,43 @@ class Seq2Seq(Task):
             if sources.shape[1] >= max_len:
                 return [""] * len(sources)
             options = {"max_new_tokens": min(max_new, max_len - sources.shape[1])}
-        new = generate(self.model, sources, mask, strategy="greedy", eos_token_id=eos, **options).sequences
+        if num_beams > 1:
+            length_penalty = self.hparams.get("length_penalty", 1.0)
+            options.update(strategy="beam", num_beams=num_beams, length_penalty=length_penalty)
+        new = generate(self.model, sources, mask, eos_token_id=eos, **options).sequences
         return [self._text(row, eos) for row in new]
 
     def _text(self, ids: Tensor, eos: int) -> str:
         ids = ids.tolist()
         return self.tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids)
+
+
+def check_decoding(
+    *, metrics: Any = None, num_beams: Any = 1, test_num_beams: Any = None, length_penalty: Any = 1.0
+) -> None:
+    """Raise one ConfigError with every problem of seq2seq's decoding settings (``task.metrics``, the beams)."""
+    problems = []
+    if metrics is not None:
+        if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
+            problems.append(("task.metrics", f"expected a list of metric names, got {metrics!r}"))
+        else:
+            for name in metrics:
+                if name not in METRICS:
+                    problems.append(
+                        (
+                            "task.metrics",
+                            f"unknown metric {name!r}{suggest(name, METRICS)}; seq2seq's metrics are "
+                            f"{', '.join(METRICS)} (loss, perplexity and accuracy are always logged)",
+                        )
+                    )
+            if "rougeLsum" in metrics and (missing := rouge_lsum_missing()):
+                problems.append(("task.metrics", missing))
+    for key, value, least in (("num_beams", num_beams, 1), ("test_num_beams", test_num_beams, 1)):
+        if value is None and key == "test_num_beams":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            problems.append((f"task.{key}", f"expected a whole number of beams, at least {least}, got {value!r}"))
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
+        problems.append(("task.length_penalty", f"expected a number, got {length_penalty!r}"))
+    if problems:
+        raise ConfigError(problems)
