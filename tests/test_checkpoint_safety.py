@@ -424,3 +424,52 @@ def test_a_checkpoint_records_its_format_and_one_without_a_format_still_loads(ba
     expected = load_task(base["path"])
     for name, value in expected.state_dict().items():
         torch.testing.assert_close(task.state_dict()[name], value)
+
+
+# ------------------------------------------------------------------------------- found by the adversarial review
+
+
+def test_a_checkpoint_may_not_choose_where_files_are_written(base, tmp_path: Path) -> None:
+    def cache(c: dict) -> None:
+        c["hyper_parameters"]["data"]["source_options"] = {"cache_root": str(tmp_path / "exfil")}
+
+    ckpt = crafted(base, tmp_path / "cache.ckpt", cache)
+    with pytest.raises(tfgraph.ConfigError, match=r"data.source_options.cache_root is set in the checkpoint"):
+        evaluate(eval_cfg(ckpt, tmp_path / "eval"))
+    with pytest.raises(tfgraph.ConfigError, match=r"data.source_options.cache_root is set in the checkpoint"):
+        train(tfgraph.compose([f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path}/run", *QUIET]))
+    assert not (tmp_path / "exfil").exists()
+    metrics = evaluate(eval_cfg(ckpt, tmp_path / "eval2", "+data.source_options={}"))  # the user restates it
+    assert "test/loss" in metrics and not (tmp_path / "exfil").exists()
+
+
+@pytest.mark.parametrize("shape", ["shared", "deep"])
+def test_a_checkpoint_too_deep_or_too_large_to_walk_is_refused_at_once(base, tmp_path: Path, shape: str) -> None:
+    nested: Any = ["a"]
+    for _ in range(40 if shape == "shared" else 5000):
+        nested = [nested, nested] if shape == "shared" else [nested]
+
+    def bomb(c: dict) -> None:
+        c["hyper_parameters"]["label_names"] = nested
+
+    with pytest.raises(tfgraph.ConfigError, match=r"hyper_parameters: (nested more than|more than 1,000,000)"):
+        checkpoint = copy.deepcopy(base["checkpoint"])
+        bomb(checkpoint)
+        load_task(checkpoint, where="bomb.ckpt")
+
+
+def test_a_crafted_tokenizer_is_a_config_error(base, tmp_path: Path) -> None:
+    def tokenizer(c: dict) -> None:
+        c["hyper_parameters"]["tokenizer"] = '{"kind": "char"}'
+
+    with pytest.raises(tfgraph.ConfigError, match=r"its task does not rebuild: KeyError"):
+        load_task(crafted(base, tmp_path / "tokenizer.ckpt", tokenizer))
+
+
+def test_a_best_checkpoint_a_resumed_checkpoint_names_outside_the_run_is_not_loaded(tmp_path: Path) -> None:
+    from tfgraph.train import own_checkpoint
+
+    run, old = tmp_path / "run", tmp_path / "old" / "checkpoints"
+    assert own_checkpoint(str(run / "checkpoints" / "step000010.ckpt"), run, None)
+    assert own_checkpoint(str(old / "step000010.ckpt"), run, str(old / "last.ckpt"))
+    assert own_checkpoint("/etc/passwd", run, str(old / "last.ckpt")) == ""

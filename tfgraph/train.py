@@ -47,6 +47,7 @@ from tfgraph.tasks import (
     data_module_class,
     load_checkpoint,
     load_task,
+    stored_locations,
     task_class,
     trust_options,
 )
@@ -114,6 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test") and has_split(datamodule, "test"):
         sync_csv_columns(trainer)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = own_checkpoint(best, output_dir, cfg.get("ckpt_path"))
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
         metrics.update(scalars(trainer.callback_metrics, prefix="test/"))
         log.info("test (%s): %s", best or "last weights", format_metrics(metrics, "test/"))
@@ -130,6 +132,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         last = output_dir / "checkpoints" / "last.ckpt"
         log.info("run dir %s%s", output_dir, f"; resume or evaluate from {last}" if last.is_file() else "")
     return metrics
+
+
+def own_checkpoint(path: str, output_dir: Path, resumed_from: str | None) -> str:
+    """``path`` when it lies in this run's dir or beside the checkpoint it resumed from, else "" (the last weights
+    are tested): a resumed checkpoint's callback state names its best checkpoint, and a crafted one could name any
+    file."""
+    if not path:
+        return ""
+    dirs = [output_dir] + ([Path(resumed_from).parent] if resumed_from else [])
+    if any(Path(path).resolve().is_relative_to(d.resolve()) for d in dirs):
+        return path
+    log.warning(
+        "not testing %s, which the resumed checkpoint names as its best: it is not in a run dir of this run", path
+    )
+    return ""
 
 
 def check_config(cfg: DictConfig) -> int | None:
@@ -354,6 +371,18 @@ def checkpoint_datamodule(
     if "_target_" not in data_cfg:
         raise ConfigError([("data", f"{where} holds no data config: give one, e.g. +data._target_=...")])
     trusted = trust_plugins or "_target_" in overrides
+    chosen = [] if trusted else stored_locations(args.get("data"), overrides)
+    if chosen:
+        raise ConfigError(
+            [
+                (
+                    "ckpt_path",
+                    f"{where}: {key} is set in the checkpoint: a checkpoint may not choose where files are written "
+                    f"or what is fetched; set it yourself (tfgraph-eval +{key}=... or null), or trust_plugins=true",
+                )
+                for key in chosen
+            ]
+        )
     cls = data_module_class(data_cfg["_target_"], where=where, trust_plugins=trusted)
     return build_datamodule(data_cfg, tokenizer=args["tokenizer"], label_names=args.get("label_names"), cls=cls)
 

@@ -352,9 +352,10 @@ def tag_problem(tag: str) -> str | None:
     prefix, dash, kind = tag.partition("-")
     if prefix in TAG_PREFIXES and dash and kind:
         return None
+    shown = repr(tag) if len(tag) <= 40 else f"{tag[:37]!r}... ({len(tag)} characters)"  # not a whole file's line
     if prefix in TAG_PREFIXES:
-        return f"tag {tag!r} has no entity type: {TAGS_EXPECTED}"
-    return f"tag {tag!r} is not a BIO tag: {TAGS_EXPECTED}"
+        return f"tag {shown} has no entity type: {TAGS_EXPECTED}"
+    return f"tag {shown} is not a BIO tag: {TAGS_EXPECTED}"
 
 
 def check_windows(tokens: Mapping[str, int], block_size: int, origins: Mapping[str, str], tokenizer: str) -> list[str]:

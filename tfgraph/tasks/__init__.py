@@ -29,6 +29,7 @@ from tfgraph.tasks.checkpoint import (
     data_module_class,
     load_checkpoint,
     load_task,
+    stored_locations,
     trust_options,
 )
 from tfgraph.tasks.classification import SequenceClassification, TokenClassification
@@ -91,5 +92,6 @@ __all__ = [
     "load_task",
     "task_class",
     "task_options",
+    "stored_locations",
     "trust_options",
 ]

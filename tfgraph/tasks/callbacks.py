@@ -287,7 +287,8 @@ def resume_point(trainer: pl.Trainer) -> str:
         if isinstance(callback, LastCheckpoint) and callback.saved_step is not None:
             return f"the last checkpoint, {callback.path} (step {callback.saved_step}), is left intact"
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), "")
-    if best:
+    root = getattr(trainer, "default_root_dir", None)  # the run's dir: not a path a resumed checkpoint made up
+    if best and (root is None or Path(best).resolve().is_relative_to(Path(root).resolve())):
         return f"the best checkpoint, {best}, is left intact"
     if trainer.ckpt_path:
         return f"no checkpoint was written since the run resumed from {trainer.ckpt_path}, which is left intact"

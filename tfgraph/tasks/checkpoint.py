@@ -176,6 +176,7 @@ def check_checkpoint(
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             add(f"state_dict: expected tensors by name, got {type(value).__name__} at {key!r}")
             break
+    _check_size(args, refuse)
     _check_arguments(name, args, add)
     data, model = args.get("data"), args.get("model")
     _check_data_target(data if isinstance(data, dict) else None, trust_plugins, add)
@@ -226,8 +227,8 @@ def load_task(
         task = task_class(checkpoint["tfgraph"]["task"])(**checkpoint["hyper_parameters"])
     except ConfigError as err:
         raise ConfigError([(KEY, f"{where}: {path}: {message}") for path, message in err.problems]) from None
-    except (DataError, TypeError, ValueError) as err:
-        raise ConfigError([(KEY, f"{where}: its task does not rebuild: {err}")]) from None
+    except (DataError, TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # a crafted tokenizer, ...
+        raise ConfigError([(KEY, f"{where}: its task does not rebuild: {type(err).__name__}: {err}")]) from None
     try:
         task.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
@@ -287,6 +288,43 @@ def _check_arguments(name: str, args: dict[str, Any], add: Callable[[str], None]
         check_plain(args, "hyper_parameters")
     except TypeError as err:
         add(str(err))
+
+
+MAX_DEPTH = 64  # nesting levels a checkpoint's hyperparameters may have (tfgraph's own have fewer than 10)
+MAX_NODES = 1_000_000  # containers and values in them, shared ones counted each time they are reached
+# data options that choose where files are written (caches) or whether anything is fetched: the user's to set
+LOCATION_KEYS = ("cache_dir", "cache_root", "fetch")
+
+
+def _check_size(args: Any, refuse: Callable[[str], ConfigError]) -> None:
+    """Refuse hyperparameters nested deeper than :data:`MAX_DEPTH` or larger than :data:`MAX_NODES` (a list
+    holding itself twice at each of 40 levels is a small file and 2**40 nodes to walk), before anything walks
+    them recursively."""
+    stack, nodes = [(args, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DEPTH:
+            raise refuse(f"hyper_parameters: nested more than {MAX_DEPTH} levels deep: not a tfgraph checkpoint")
+        if nodes > MAX_NODES:
+            raise refuse(f"hyper_parameters: more than {MAX_NODES:,} values: not a tfgraph checkpoint")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, depth + 1) for item in value)
+
+
+def stored_locations(data: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> list[str]:
+    """The data options of a checkpoint that choose where files are written or whether anything is fetched
+    (``cache_dir``, ``source_options.cache_root``, ``fetch``) and that the user's ``overrides`` do not set again:
+    a checkpoint may say which data it was trained on, not where this machine writes."""
+    if not isinstance(data, Mapping):
+        return []
+    found = [f"data.{key}" for key in LOCATION_KEYS if data.get(key) is not None and key not in overrides]
+    options = data.get("source_options")
+    if isinstance(options, Mapping) and "source_options" not in overrides:
+        found += [f"data.source_options.{key}" for key in LOCATION_KEYS if options.get(key) is not None]
+    return found
 
 
 def _check_safe(value: Any, path: str, add: Callable[[str], None]) -> None:
