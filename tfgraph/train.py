@@ -165,6 +165,7 @@ def check_config(cfg: DictConfig) -> int | None:
 
     collect(check_optimized_mode, cfg)
     collect(check_trainer_values, cfg.get("trainer"))
+    collect(check_run_values, cfg)
     collect(check_optimization, cfg)
     if not cfg.get("ckpt_path"):
         collect(lambda: task_class(cfg.task.get("name")).check_topology(cfg.model.get("topology")))
@@ -494,6 +495,39 @@ def check_trainer_values(trainer_cfg: DictConfig | None) -> None:
         value = plain(trainer_cfg[key]) if OmegaConf.is_config(trainer_cfg[key]) else trainer_cfg[key]
         if not fits(value):
             problems.append((f"trainer.{key}", f"expected {expected}, got {value!r}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_run_values(cfg: DictConfig) -> None:
+    """``seed``, ``trust_plugins`` and the ``sample`` settings, before training: a sample drawn after a long run
+    must not fail on a value that was wrong from the start."""
+    problems = []
+
+    def value(key: str) -> Any:
+        return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+    seed = value("seed")
+    if not _whole(seed):
+        problems.append(("seed", f"expected a whole number, got {seed!r}"))
+    if not isinstance(value("trust_plugins") or False, bool):
+        problems.append(("trust_plugins", f"expected true or false, got {value('trust_plugins')!r}"))
+    if cfg.get("sample") is not None:
+        tokens, temperature, top_k = value("sample.max_new_tokens"), value("sample.temperature"), value("sample.top_k")
+        if tokens is not None and not (_whole(tokens) and tokens >= 0):
+            problems.append(
+                ("sample.max_new_tokens", f"expected a number of tokens >= 0 (0: no sample), got {tokens!r}")
+            )
+        if temperature is not None and not (
+            isinstance(temperature, (int, float))
+            and not isinstance(temperature, bool)
+            and 0 <= temperature < float("inf")
+        ):
+            problems.append(
+                ("sample.temperature", f"expected a number >= 0 (0: the most likely tokens), got {temperature!r}")
+            )
+        if top_k is not None and not (_whole(top_k) and top_k >= 1):
+            problems.append(("sample.top_k", f"expected null or a whole number >= 1, got {top_k!r}"))
     if problems:
         raise ConfigError(problems)
 
