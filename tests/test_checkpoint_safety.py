@@ -473,3 +473,24 @@ def test_a_best_checkpoint_a_resumed_checkpoint_names_outside_the_run_is_not_loa
     assert own_checkpoint(str(run / "checkpoints" / "step000010.ckpt"), run, None)
     assert own_checkpoint(str(old / "step000010.ckpt"), run, str(old / "last.ckpt"))
     assert own_checkpoint("/etc/passwd", run, str(old / "last.ckpt")) == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("pytorch-lightning_version", "banana"),
+        ("pytorch-lightning_version", "0.1.0"),
+        ("rng_state", {"cpu": torch.zeros(3)}),
+        ("callbacks", "x"),
+        ("loops", {"fit_loop": "x"}),
+        ("optimizer_states", [{"state": {}, "param_groups": []}]),
+        ("lr_schedulers", [{"base_lrs": "x"}]),
+    ],
+)
+def test_resuming_from_malformed_training_state_is_a_config_error(base, tmp_path: Path, key: str, value: Any) -> None:
+    def change(c: dict) -> None:
+        c[key] = value
+
+    ckpt = crafted(base, tmp_path / "state.ckpt", change)
+    with pytest.raises(tfgraph.ConfigError, match=rf"ckpt_path: .*state.ckpt: {key}"):
+        train(tfgraph.compose([f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path}/run", *QUIET]))

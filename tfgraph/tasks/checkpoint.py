@@ -194,6 +194,46 @@ def check_resumable(checkpoint: Mapping[str, Any], *, where: str) -> None:
         raise ConfigError(
             [(KEY, f"{where}: holds no training state to resume from ({what}); it can be evaluated, not resumed")]
         )
+    problems = [f"{where}: {problem}" for problem in _training_state_problems(checkpoint)]
+    if problems:
+        raise ConfigError([(KEY, problem) for problem in problems])
+
+
+def _training_state_problems(checkpoint: Mapping[str, Any]) -> list[str]:
+    """What is malformed in the state Lightning restores on resuming (its version, loops, callbacks, optimizer
+    and schedule states, the random state), as Lightning would otherwise fail on it with a traceback."""
+    from packaging.version import InvalidVersion, Version
+
+    found = []
+    version = checkpoint.get("pytorch-lightning_version")
+    try:
+        if not isinstance(version, str) or Version(version) < Version("2.0"):
+            found.append(
+                f"pytorch-lightning_version: expected the version of Lightning 2 that wrote it, got {version!r}"
+            )
+    except InvalidVersion:
+        found.append(f"pytorch-lightning_version: not a version: {version!r}")
+    for key in ("loops", "callbacks"):
+        value = checkpoint.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(item, dict) for item in value.values()):
+            found.append(f"{key}: expected a dict of states (dicts), got {type(value).__name__}")
+    for i, state in enumerate(checkpoint.get("optimizer_states", [])):
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if not isinstance(groups, list) or not groups or not isinstance(state.get("state"), dict):
+            found.append(f"optimizer_states[{i}]: expected {{state: ..., param_groups: [...]}} with parameter groups")
+        elif not all(isinstance(g, dict) and isinstance(g.get("lr"), (int, float)) for g in groups):
+            found.append(f"optimizer_states[{i}].param_groups: expected groups with a numeric lr")
+    for i, state in enumerate(checkpoint.get("lr_schedulers", [])):
+        if not isinstance(state, dict) or not all(isinstance(lr, (int, float)) for lr in state.get("base_lrs", [])):
+            found.append(f"lr_schedulers[{i}]: expected a schedule's state with numeric base_lrs")
+        elif "optimizer" in state:
+            found.append(f"lr_schedulers[{i}].optimizer: a schedule's state does not hold its optimizer")
+    rng = checkpoint.get("rng_state", {})
+    if not isinstance(rng, dict) or not all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 for t in rng.values()
+    ):
+        found.append("rng_state: expected random generator states (1-D uint8 tensors)")
+    return found
 
 
 def load_task(
