@@ -98,6 +98,7 @@ TRAIN = [
     train("optimized_metric=val/nosuch", says="optimized_metric"),
     train("max_params=-3", says="max_params"),
     train("seed=abc", says="seed"),
+    train("optimizer.betas=[0.9]", says="optimizer.betas"),
     train("sample.max_new_tokens=-5", says="sample.max_new_tokens"),
     train("sample.temperature=-1", says="sample.temperature"),
     train("trust_plugins=maybe", says="trust_plugins"),

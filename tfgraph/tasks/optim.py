@@ -92,8 +92,8 @@ def check_optimizer(cfg: Mapping[str, Any]) -> None:
     def refusal(**given: Any) -> str | None:
         try:
             cls([torch.zeros(1, requires_grad=True)], **given)
-        except (ValueError, TypeError, RuntimeError) as err:
-            return str(err)
+        except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as err:  # betas=[0.9]: an IndexError
+            return str(err) or type(err).__name__
         return None
 
     together = refusal(**options)
