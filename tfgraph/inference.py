@@ -264,7 +264,7 @@ def _decoding_options(cfg: DictConfig) -> dict[str, Any]:
         known = f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}{suggest(str(strategy), STRATEGIES)}"
         problems.add("strategy", known)
     _check_types(cfg, [*DECODING_KEYS, "seed"], problems, required=["max_new_tokens"])
-    _collect(problems, lambda: _device(cfg))
+    problems.collect(_device, cfg)
     options = {key: plain(cfg[key]) for key in DECODING_KEYS if cfg.get(key) is not None}
     if strategy == "sample" and cfg.get("seed") is not None:
         options["seed"] = cfg.seed  # greedy and beam draw nothing: a seed means nothing to them
@@ -285,16 +285,6 @@ def _check_types(cfg: DictConfig, keys: Sequence[str], problems: Problems, *, re
         wrong = check_value(value, hint) if hint and (value is not None or key in required) else None
         if wrong:
             problems.add(key, wrong)
-
-
-def _collect(problems: Problems, function: Callable[[], Any]) -> Any:
-    """``function()``, or None with the problems of the ConfigError it raises added to ``problems``."""
-    try:
-        return function()
-    except ConfigError as err:
-        for path, message in err.problems:
-            problems.add(path, message)
-        return None
 
 
 def _key_named_in(message: str) -> str:
@@ -327,8 +317,8 @@ def attention_from_config(cfg: DictConfig) -> str:
     if not _given(cfg, "text"):
         problems.add("text", "give the text to look at: text='time flies like an arrow'")
     _check_types(cfg, ["top", "seed"], problems, required=["top", "seed"])
-    layers = _collect(problems, lambda: _layers(cfg.layers))
-    _collect(problems, lambda: _device(cfg))
+    layers = problems.collect(_layers, cfg.layers)
+    problems.collect(_device, cfg)
     problems.raise_if_any()
     text = str(cfg.text)
     bos_first = False

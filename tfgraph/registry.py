@@ -83,6 +83,16 @@ class Problems:
         """Whether a problem was added after ``mark`` (also one listed already)."""
         return self._added > mark
 
+    def collect(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)``, or None with the problems of the ConfigError it raises added here (so that
+        independent checks are all reported together)."""
+        try:
+            return function(*args)
+        except ConfigError as err:
+            for path, message in err.problems:
+                self.add(path, message)
+            return None
+
     def __bool__(self) -> bool:
         return bool(self.items)
 

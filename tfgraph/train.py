@@ -36,7 +36,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from tfgraph.data import DataError
 from tfgraph.models import Transformer, build_model
-from tfgraph.registry import ConfigError, load_plugins, suggest
+from tfgraph.registry import ConfigError, Problems, load_plugins, suggest
 from tfgraph.show import MAX_LEN_COUNTED, count_flops
 from tfgraph.sweeps import write_json
 from tfgraph.tasks import (
@@ -153,16 +153,9 @@ def check_config(cfg: DictConfig) -> int | None:
     """Every check that needs no data, all of them reported together in one ConfigError: ``optimized_mode``,
     the optimizer and schedule, and (a new run) whether the task takes the model's topology, ``max_params`` and
     the model itself, built on the ``meta`` device. Returns the parameter budget (None: none)."""
-    problems: list[tuple[str, str]] = []
+    problems = Problems()
+    collect = problems.collect
     max_params = None
-
-    def collect(check: Any, *args: Any) -> Any:
-        try:
-            return check(*args)
-        except ConfigError as err:
-            problems.extend(item for item in err.problems if item not in problems)
-            return None
-
     collect(check_optimized_mode, cfg)
     collect(check_trainer_values, cfg.get("trainer"))
     collect(check_run_values, cfg)
@@ -171,8 +164,7 @@ def check_config(cfg: DictConfig) -> int | None:
         collect(lambda: task_class(cfg.task.get("name")).check_topology(cfg.model.get("topology")))
         max_params = collect(check_max_params, cfg.get("max_params"))
         collect(check_model, plain(cfg.model), max_params)
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
     return max_params
 
 
