@@ -57,6 +57,11 @@ class ConfigError(ValueError):
         head = "invalid config" if len(lines) == 1 else f"invalid config ({len(lines)} problems)"
         super().__init__(head + ":\n" + "\n".join(f"  - {line}" for line in lines))
 
+    @classmethod
+    def at(cls, path: str, message: str) -> ConfigError:
+        """The error of one problem: ``raise ConfigError.at("data.path", "no such file: x.txt")``."""
+        return cls([(path, message)])
+
 
 class Problems:
     """Collects config problems so that all of them are reported together.
