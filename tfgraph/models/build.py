@@ -48,17 +48,19 @@ def assemble(spec: ModelSpec) -> Transformer:
         "token_type": spec.token_type.build() if spec.token_type else None,
         "head": spec.head.build() if spec.head else None,
     }
-    if parts["head"] is not None and spec.tie_embeddings:
-        parts["head"].weight = parts["embedding"].weight
     stacks = {
         name: _build_stack(stack, spec)
         for name, stack in (("encoder", spec.encoder), ("decoder", spec.decoder))
         if stack is not None
     }
-    model = TOPOLOGY_CLASSES[spec.topology](**parts, **stacks)
-    model.config = spec.config
-    model.spec = spec
-    return model
+    return TOPOLOGY_CLASSES[spec.topology](
+        **parts,
+        **stacks,
+        sizes=spec.sizes,
+        init_std=spec.init_std,
+        tie_embeddings=spec.tie_embeddings,
+        spec=spec,
+    )
 
 
 def _build_stack(stack: StackSpec, spec: ModelSpec) -> Stack:

@@ -15,7 +15,9 @@ padding are kept.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,11 @@ from tfgraph.blocks.context import (
     self_attention_context,
 )
 from tfgraph.graph import LayerGraph
+
+if TYPE_CHECKING:
+    from tfgraph.spec import ModelSpec
+
+REQUIRED_SIZES = ("d_model", "vocab_size", "max_len")  # what a model reads of its sizes itself
 
 
 class Stack(nn.Module):
@@ -153,15 +160,93 @@ class Stack(nn.Module):
 
 
 class Transformer(nn.Module):
-    """What the topologies share: the token (and token-type) embedding, the head, the MoE loss."""
+    """What the topologies share: the token (and token-type) embedding, the head, the sizes, the MoE loss.
+
+    A model carries what tasks and decoding read of it: :attr:`sizes` (the model-level sizes its blocks were
+    built with) and the properties over them, :attr:`init_std`, :attr:`tie_embeddings`, and :meth:`hidden_states`.
+    :func:`tfgraph.build_model` passes them from the checked :class:`~tfgraph.spec.ModelSpec`; a model assembled by
+    hand passes them itself (``sizes={"d_model": 64, "vocab_size": 100, "max_len": 128}`` at least).
+
+    Args:
+        embedding: token embedding, ``[B, T]`` -> ``[B, T, d_model]``.
+        token_type: token-type embedding (BERT's segments), or ``None``.
+        head: the language-model head, ``[B, T, d_model]`` -> ``[B, T, vocab]``, or ``None`` (encoder_only).
+        sizes: the model-level sizes (:data:`~tfgraph.spec.SIZE_KEYS`); ``d_model``, ``vocab_size`` and
+            ``max_len`` are required.
+        init_std: the std of the normal initialisation (of the model's weights and of heads tasks add).
+        tie_embeddings: share the head's weight with the embedding's (set here, when there is a head).
+        spec: the :class:`~tfgraph.spec.ModelSpec` the model was built from (``None`` for one built by hand).
+    """
 
     topology: str
 
-    def __init__(self, *, embedding: nn.Module, token_type: nn.Module | None, head: nn.Module | None) -> None:
+    def __init__(
+        self,
+        *,
+        embedding: nn.Module,
+        token_type: nn.Module | None = None,
+        head: nn.Module | None = None,
+        sizes: Mapping[str, Any],
+        init_std: float = 0.02,
+        tie_embeddings: bool = False,
+        spec: ModelSpec | None = None,
+    ) -> None:
         super().__init__()
+        missing = [key for key in REQUIRED_SIZES if key not in sizes]
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs the model-level sizes {', '.join(missing)} in `sizes`")
         self.embedding = embedding
         self.token_type = token_type
         self.head = head
+        if head is not None and tie_embeddings:
+            head.weight = embedding.weight
+        self._sizes = MappingProxyType(dict(sizes))
+        self._init_std = float(init_std)
+        self._tie_embeddings = bool(tie_embeddings)
+        self.spec = spec
+
+    @property
+    def sizes(self) -> Mapping[str, Any]:
+        """The model-level sizes (``d_model``, ``n_heads``, ``max_len``, ...), read-only."""
+        return self._sizes
+
+    @property
+    def max_len(self) -> int:
+        """The most positions a sequence may have."""
+        return int(self._sizes["max_len"])
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids (the logits' last dimension)."""
+        return int(self._sizes["vocab_size"])
+
+    @property
+    def d_model(self) -> int:
+        """The width of the hidden states."""
+        return int(self._sizes["d_model"])
+
+    @property
+    def init_std(self) -> float:
+        """The std of the normal initialisation of the weights."""
+        return self._init_std
+
+    @property
+    def tie_embeddings(self) -> bool:
+        """Whether a head shares the token embedding's weight."""
+        return self._tie_embeddings
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The resolved model config as plain containers (``None`` for a model built by hand)."""
+        return None if self.spec is None else self.spec.config
+
+    def hidden_states(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """The last stack's output before the head: [B, T] -> [B, T, d_model] (encoder_only and decoder_only)."""
+        raise ValueError(
+            f"a {self.topology} model has no single stack to take hidden states from; use encode() and decode()"
+        )
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         """Token embeddings plus token types: [B, T] -> [B, T, d_model]."""
@@ -215,7 +300,7 @@ class Transformer(nn.Module):
         weight = next(self.embedding.parameters())
         return decoder.new_cache(
             batch_size,
-            self.spec.sizes["max_len"] if max_len is None else max_len,
+            self.max_len if max_len is None else max_len,
             dtype=weight.dtype if dtype is None else dtype,
             device=weight.device if device is None else device,
         )
@@ -253,8 +338,22 @@ class DecoderOnly(Transformer):
             logits_to_keep: compute the logits of the last this many positions only ([B, logits_to_keep, vocab]).
         """
         self.check_single_stack(decoder_input_ids, decoder_attention_mask)
-        h = self.decoder(self.embed(input_ids, token_type_ids), attention_mask, position_ids=position_ids, cache=cache)
+        h = self.hidden_states(input_ids, attention_mask, token_type_ids, position_ids=position_ids, cache=cache)
         return self.logits(h, logits_to_keep)
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        position_ids: Tensor | None = None,
+        cache: StackCache | None = None,
+    ) -> Tensor:
+        """The decoder stack's output before the head: [B, T] -> [B, T, d_model] (arguments as :meth:`forward`)."""
+        return self.decoder(
+            self.embed(input_ids, token_type_ids), attention_mask, position_ids=position_ids, cache=cache
+        )
 
 
 class EncoderOnly(Transformer):
@@ -276,6 +375,12 @@ class EncoderOnly(Transformer):
     ) -> Tensor:
         """input_ids: [B, T] -> hidden states [B, T, d_model]."""
         self.check_single_stack(decoder_input_ids, decoder_attention_mask)
+        return self.hidden_states(input_ids, attention_mask, token_type_ids)
+
+    def hidden_states(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """The encoder stack's output: [B, T] -> [B, T, d_model] (what :meth:`forward` returns)."""
         return self.encoder(self.embed(input_ids, token_type_ids), attention_mask)
 
 

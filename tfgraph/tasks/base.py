@@ -135,10 +135,10 @@ class Task(pl.LightningModule):
         problems = Problems()
         cls = lookup("head", name, "task.head.block", problems)
         problems.raise_if_any()
-        kwargs = bind(cls, options, context={**self.model.spec.sizes, **sizes}, path="task.head", problems=problems)
+        kwargs = bind(cls, options, context={**self.model.sizes, **sizes}, path="task.head", problems=problems)
         problems.raise_if_any()
         head = cls(**kwargs)
-        init_weights(head, self.model.spec.init_std)
+        init_weights(head, self.model.init_std)
         return head
 
     def make_metrics(self) -> dict[str, Metric]:
@@ -244,7 +244,7 @@ class Task(pl.LightningModule):
 
     def check_length(self, length: int) -> None:
         """Refuse sequences longer than the model's positions reach."""
-        max_len = self.model.spec.sizes["max_len"]
+        max_len = self.model.max_len
         if length > max_len:
             raise ValueError(
                 f"task {self.name}: a sequence of {length} tokens exceeds model.max_len={max_len}; "
@@ -254,10 +254,7 @@ class Task(pl.LightningModule):
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         """The last layer's states ``[B, T, d_model]`` of an encoder_only or decoder_only model (no LM head)."""
         self.check_length(input_ids.shape[1])
-        attention_mask = no_full_mask(attention_mask)
-        if self.model.topology == "encoder_only":
-            return self.model(input_ids, attention_mask=attention_mask)
-        return self.model.decoder(self.model.embed(input_ids), attention_mask)
+        return self.model.hidden_states(input_ids, no_full_mask(attention_mask))
 
     def drop_lm_head(self) -> None:
         """Remove a decoder's LM head that the task does not use (no unused parameters under DDP, no dead

@@ -56,7 +56,7 @@ class CausalLM(Task):
     def generation_context(self) -> int:
         """The most tokens :meth:`generate` holds in a sequence: one more than the trained context (the model does
         not read the last token), at most ``max_len``."""
-        max_len = int(self.model.spec.sizes["max_len"])
+        max_len = self.model.max_len
         trained = int(self.trained_context)
         return min(trained + 1, max_len) if trained else max_len
 
@@ -123,7 +123,7 @@ class MaskedLM(Task):
                 [("task", "need 0 < mask_prob <= 1 and mask_ratio, random_ratio >= 0 with a sum of at most 1")]
             )
         self.head = self.build_head(head, "mlm_head")
-        if self.model.spec.tie_embeddings and hasattr(self.head, "weight"):
+        if self.model.tie_embeddings and hasattr(self.head, "weight"):
             self.head.weight = self.model.embedding.weight
         # random replacements are drawn from the non-special ids, which follow the specials
         self.first_plain_id = max(self.tokenizer.special_ids) + 1

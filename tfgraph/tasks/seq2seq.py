@@ -155,7 +155,7 @@ class Seq2Seq(Task):
         (up to the first ``<eos>``)."""
         longest = int((batch["labels"] != -100).sum(dim=1).max())
         max_new = self.hparams.max_new_tokens or 2 * longest + 8
-        max_len = self.model.spec.sizes["max_len"]
+        max_len = self.model.max_len
         bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
         if self.model.topology == "encoder_decoder":
             sources, mask = batch["input_ids"], batch.get("attention_mask")

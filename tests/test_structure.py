@@ -1,0 +1,85 @@
+"""The model's own contract (sizes and spec given at construction) and the layering of the package."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tfgraph
+from tfgraph.blocks.embedding import TokenEmbedding
+from tfgraph.blocks.heads import LMHead
+from tfgraph.blocks.norm import LayerNorm
+from tfgraph.blocks.position import LearnedPosition
+from tfgraph.graph import LayerGraph
+from tfgraph.models import DecoderOnly, Stack
+from tfgraph.spec import model_spec
+
+TINY = {
+    "topology": "decoder_only",
+    "d_model": 16,
+    "n_heads": 2,
+    "n_layers": 2,
+    "d_ff": 32,
+    "vocab_size": 40,
+    "max_len": 24,
+    "attention": {"block": "multihead"},
+    "ffn": {"block": "mlp"},
+    "norm": {"block": "layernorm"},
+    "position": {"block": "learned"},
+    "embedding": {"block": "token"},
+    "head": {"block": "lm_head"},
+    "layer": {
+        "nodes": {
+            "norm1": {"slot": "norm", "in": "x"},
+            "attn": {"slot": "attention", "in": "norm1"},
+            "res1": {"block": "add", "in": ["x", "attn"]},
+            "norm2": {"slot": "norm", "in": "res1"},
+            "ffn": {"slot": "ffn", "in": "norm2"},
+            "out": {"block": "add", "in": ["res1", "ffn"]},
+        },
+        "output": "out",
+    },
+}
+
+
+def test_built_model_carries_its_sizes() -> None:
+    model = tfgraph.build_model(TINY)
+    assert (model.max_len, model.vocab_size, model.d_model) == (24, 40, 16)
+    assert model.sizes["n_heads"] == 2 and model.init_std == 0.02 and model.tie_embeddings is True
+    assert model.head.weight is model.embedding.weight
+    assert model.spec.sizes == dict(model.sizes) and model.config["d_model"] == 16
+    with pytest.raises(TypeError):
+        model.sizes["max_len"] = 1  # read-only
+    ids = torch.randint(40, (2, 5))
+    h = model.hidden_states(ids)
+    assert h.shape == (2, 5, 16)
+    torch.testing.assert_close(model.logits(h), model(ids))
+
+
+def test_hand_built_decoder_generates_from_a_cache() -> None:
+    spec = model_spec(TINY)
+    graph = spec.decoder.layers[0]
+    sizes = {"d_model": 16, "vocab_size": 40, "max_len": 24}
+    model = DecoderOnly(
+        embedding=TokenEmbedding(vocab_size=40, d_model=16),
+        head=LMHead(d_model=16, vocab_size=40),
+        decoder=Stack(
+            position=LearnedPosition(max_len=24, d_model=16),
+            layers=[LayerGraph(graph), LayerGraph(graph)],
+            causal=True,
+            final_norm=LayerNorm(d_model=16),
+        ),
+        sizes=sizes,
+    )
+    assert model.spec is None and model.config is None and model.tie_embeddings is False
+    cache = model.new_cache(2)
+    assert cache.max_len == 24
+    ids = torch.randint(40, (2, 6))
+    full = model(ids)
+    step = torch.cat([model(ids[:, :4], cache=cache), model(ids[:, 4:], cache=cache)], dim=1)
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_without_its_sizes_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_len"):
+        DecoderOnly(embedding=TokenEmbedding(vocab_size=40, d_model=16), decoder=None, sizes={"d_model": 16})
