@@ -1,19 +1,24 @@
-"""Finding and composing the package's Hydra configs from Python."""
+"""The package's Hydra configs: finding and composing them from Python, Hydra's composition errors as a
+:class:`tfgraph.ConfigError` at their key, a composed node as plain containers (:func:`plain`) and the output
+dir of a run (:func:`prepare_output_dir`)."""
 
 from __future__ import annotations
 
+import copy
+import datetime
 import difflib
 import importlib.util
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from tfgraph.registry import ConfigError, load_plugins
@@ -57,6 +62,28 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
     return cfg
 
 
+def plain(node: Any) -> Any:
+    """A config node as resolved plain containers, without Hydra's own node (None stays None)."""
+    if node is None or not OmegaConf.is_config(node):
+        return copy.deepcopy(node)
+    container = OmegaConf.to_container(node, resolve=True)
+    if isinstance(container, dict):
+        container.pop("hydra", None)
+    return container
+
+
+def prepare_output_dir(cfg: DictConfig) -> Path:
+    """The run's output dir (``cfg.paths.output_dir``; ``outputs/<date>/<time>`` when unset, then set), created."""
+    output_dir = OmegaConf.select(cfg, "paths.output_dir")
+    if not output_dir:
+        output_dir = str(Path("outputs", datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")).absolute())
+        with open_dict(cfg):
+            OmegaConf.update(cfg, "paths.output_dir", output_dir, force_add=True)
+    path = Path(output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def hydra_error(err: Exception) -> ConfigError:
     """An error Hydra or OmegaConf raise while composing a config (from Python or a command line), as the
     ConfigError that says what is wrong where: :func:`missing_option` for an option a group does not have,
@@ -80,8 +107,8 @@ def composition_error(err: Exception) -> ConfigError:
         line = str(err.override)
         key = OVERRIDE_KEY.match(line)
         reason = str(err.message).split("\nSee https://")[0].strip()
-        return ConfigError(
-            [(key[1] if key else "", f"cannot parse {line!r}: {reason} (override syntax: {OVERRIDE_GRAMMAR})")]
+        return ConfigError.at(
+            key[1] if key else "", f"cannot parse {line!r}: {reason} (override syntax: {OVERRIDE_GRAMMAR})"
         )
     cause = err.__cause__
     lines = str(err).split("\nSee https://")[0].strip().splitlines()
@@ -89,14 +116,14 @@ def composition_error(err: Exception) -> ConfigError:
     if unknown and len(lines) == 2 and "use +" in lines[1]:
         key = unknown[1]
         hint = _close_key(key, cause)
-        return ConfigError([(key, f"no such key to override{hint} (to add it: +{lines[1].split('use +', 1)[1]})")])
+        return ConfigError.at(key, f"no such key to override{hint} (to add it: +{lines[1].split('use +', 1)[1]})")
     deleted = re.fullmatch(r"Could not delete from config\. '(.+)' does not exist\.", lines[0]) if lines else None
     if deleted and len(lines) == 1:
-        return ConfigError([(deleted[1], "no such key to delete")])
+        return ConfigError.at(deleted[1], "no such key to delete")
     message = "\n".join(lines)
     if isinstance(cause, OmegaConfBaseException) and str(getattr(cause, "msg", None) or "").strip():
         message += f": {str(cause.msg).strip().splitlines()[0]}"  # what is wrong with the value: "not a valid bool"
-    return ConfigError([(str(getattr(cause, "full_key", None) or ""), message)])
+    return ConfigError.at(str(getattr(cause, "full_key", None) or ""), message)
 
 
 def _close_key(key: str, cause: BaseException | None) -> str:
@@ -119,7 +146,7 @@ def missing_option(err: MissingConfigException) -> ConfigError:
     group, _, name = missing.rpartition("/")
     options = [str(option) for option in err.options or []]
     if not group or not options:
-        return ConfigError([("", str(err).split("\nConfig search path:")[0].strip())])
+        return ConfigError.at("", str(err).split("\nConfig search path:")[0].strip())
     close = difflib.get_close_matches(name, options, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return ConfigError([(group, f"no option {name!r}: {hint}options are {', '.join(options)}")])
+    return ConfigError.at(group, f"no option {name!r}: {hint}options are {', '.join(options)}")

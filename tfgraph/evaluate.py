@@ -14,18 +14,11 @@ import logging
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from tfgraph.config import plain, prepare_output_dir
 from tfgraph.registry import ConfigError, load_plugins
+from tfgraph.run_data import checkpoint_datamodule, has_split, set_up
 from tfgraph.tasks import load_checkpoint, load_task, trust_options
-from tfgraph.train import (
-    build_trainer,
-    check_fits,
-    checkpoint_datamodule,
-    format_metrics,
-    has_split,
-    plain,
-    prepare_output_dir,
-    scalars,
-)
+from tfgraph.trainer import build_trainer, format_metrics, scalars
 
 log = logging.getLogger(__name__)
 SPLITS = ("test", "val")
@@ -43,11 +36,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         tfgraph.data.DataError: the data cannot be read.
     """
     if not cfg.get("ckpt_path"):
-        raise ConfigError([("ckpt_path", "which checkpoint? tfgraph-eval ckpt_path=<run dir>/checkpoints/last.ckpt")])
+        raise ConfigError.at("ckpt_path", "which checkpoint? tfgraph-eval ckpt_path=<run dir>/checkpoints/last.ckpt")
     output_dir = prepare_output_dir(cfg)
     load_plugins(cfg.get("plugins"), "plugins")
     if cfg.split not in SPLITS:
-        raise ConfigError([("split", f"expected one of {', '.join(SPLITS)}, got {cfg.split!r}")])
+        raise ConfigError.at("split", f"expected one of {', '.join(SPLITS)}, got {cfg.split!r}")
 
     trust = trust_options(cfg)
     checkpoint = load_checkpoint(cfg.ckpt_path, **trust)  # read and checked before anything is built
@@ -59,11 +52,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         overrides=plain(cfg.get("data")),
         trust_plugins=trust["trust_plugins"],
     )
-    check_fits(task.name, datamodule)
-    datamodule.prepare_data()
-    datamodule.setup("validate" if cfg.split == "val" else "test")
+    set_up(datamodule, task.name, "validate" if cfg.split == "val" else "test")
     if not has_split(datamodule, cfg.split):
-        raise ConfigError([("split", f"data {datamodule.name!r} has no {cfg.split} examples")])
+        raise ConfigError.at("split", f"data {datamodule.name!r} has no {cfg.split} examples")
 
     trainer = build_trainer(cfg)
     run = trainer.validate if cfg.split == "val" else trainer.test

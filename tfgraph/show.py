@@ -1,10 +1,7 @@
 """What ``tfgraph-show`` prints: a model as a tree with parameters and FLOPs per node, or as a Graphviz picture.
 
-The model is built on the ``meta`` device, so a full-size config costs no memory. FLOPs are counted by
-:class:`torch.utils.flop_counter.FlopCounterMode` over one forward pass of a ``[1, T]`` batch, per module,
-and divided by ``T``. The counter counts matrix multiplications (linear layers, the head and, with SDPA held
-to its math backend, the attention scores and the weighted sum over the full ``T x T`` matrix); elementwise
-work (norms, activations, residual adds, softmax) is not counted.
+The model is built on the ``meta`` device, so a full-size config costs no memory; its parameters and FLOPs are
+counted by :mod:`tfgraph.flops`, and this module only lays them out, as text or as a picture.
 """
 
 from __future__ import annotations
@@ -17,25 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import graphviz
-import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
+from tfgraph.flops import FLOPS_NOTE, FlopCount, count_flops, meta_model
 from tfgraph.graph import GraphSpec, LayerGraph, NodeSpec
-from tfgraph.models import Stack, Transformer, build_model
+from tfgraph.models import Stack, Transformer
 from tfgraph.registry import ConfigError, load_plugins, suggest
 from tfgraph.spec import SIZE_KEYS
 
 FORMATS = ("text", "dot", "svg", "png")
-MAX_LEN_COUNTED = 1024  # default sequence length of the FLOP count: min(model.max_len, this)
-CPU_FALLBACK_PARAMS = 50_000_000  # a model this small may be run for real when the meta device cannot count it
-FLOPS_NOTE = (
-    "FLOPs: matrix multiplications counted by torch.utils.flop_counter (linear layers, head, attention scores "
-    "and weighted values over the full T x T matrix, nothing saved by causal or sliding-window masks); "
-    "elementwise ops are not counted"
-)
 KIND_COLORS = {
     "attention": "#cfe2f3",
     "ffn": "#fce5cd",
@@ -83,10 +71,7 @@ def show(cfg: DictConfig, *, name: str | None = None) -> str:
     if fmt in ("svg", "png") and shutil.which("dot") is None:
         raise GraphvizMissing(fmt)  # before the work, not after
     load_plugins(cfg.get("plugins"), "plugins")
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-    if seq_len is None:
-        seq_len = min(model.spec.sizes["max_len"], MAX_LEN_COUNTED)
+    model = meta_model(cfg.model)
     flops = count_flops(model, cfg.model, seq_len)
     if fmt == "text":
         return render_text(model, flops, name)
@@ -117,102 +102,6 @@ def _options(cfg: DictConfig) -> tuple[str, str | None, int | None]:
     if problems:
         raise ConfigError(problems)
     return fmt, out, seq_len
-
-
-# ------------------------------------------------------------------------------------------------ FLOPs
-
-
-@dataclass
-class FlopCount:
-    """Forward FLOPs per module over one ``[1, seq_len]`` batch, keyed by module name (``""``: the model).
-
-    ``counts`` is empty and ``unavailable`` says why when the model could not be counted.
-    """
-
-    seq_len: int
-    counts: dict[str, int] = field(default_factory=dict)
-    device: str = "meta"
-    unavailable: str | None = None
-    why_not_meta: str | None = None  # why a real run was needed
-
-    def per_token(self, module_name: str) -> float | None:
-        """FLOPs per token of one module (``None`` when nothing was counted)."""
-        if self.unavailable is not None:
-            return None
-        return self.counts.get(module_name, 0) / self.seq_len
-
-
-def count_flops(model: Transformer, model_cfg: Any, seq_len: int) -> FlopCount:
-    """Count forward FLOPs per module on the ``meta`` device, or on a real CPU run where meta cannot.
-
-    Meta tensors carry no values, so a block whose work depends on them (mixture-of-experts routing) computes
-    nothing there. A layer submodule with parameters that never ran reveals it; the count is then repeated on a
-    freshly built CPU model with random tokens when the model has fewer than :data:`CPU_FALLBACK_PARAMS`
-    parameters, and reported unavailable otherwise.
-    """
-    try:
-        counts, idle = _count(model, seq_len)
-    except Exception as err:
-        reason = f"the forward pass failed on the meta device ({type(err).__name__}: {err})"
-    else:
-        if not idle:
-            return FlopCount(seq_len, counts)
-        shown = ", ".join(idle[:2]) + (f" and {len(idle) - 2} more" if len(idle) > 2 else "")
-        reason = f"parts of {shown} never ran on the meta device (data-dependent routing needs real values)"
-    n_params = model.num_parameters()
-    if n_params >= CPU_FALLBACK_PARAMS:
-        return FlopCount(
-            seq_len,
-            unavailable=f"{reason}; a CPU run is skipped for {n_params:,} parameters (limit {CPU_FALLBACK_PARAMS:,})",
-        )
-    real = build_model(model_cfg, device="cpu")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        counts, _ = _count(real, seq_len)
-    return FlopCount(seq_len, counts, device="a CPU run with random tokens", why_not_meta=reason)
-
-
-def _count(model: Transformer, seq_len: int) -> tuple[dict[str, int], list[str]]:
-    """FLOPs per module name, and the layer nodes holding a submodule with parameters that never ran."""
-    watched = {
-        name: module
-        for name, module in model.named_modules()
-        if ".layers." in f".{name}" and next(module.parameters(recurse=False), None) is not None
-    }
-    called: set[str] = set()
-    hooks = [
-        module.register_forward_pre_hook(lambda _module, _args, name=name: called.add(name))
-        for name, module in watched.items()
-    ]
-    device = next(model.parameters()).device
-    ids = torch.randint(model.spec.sizes["vocab_size"], (1, seq_len)).to(device)
-    decoder_ids = {"decoder_input_ids": ids} if model.topology == "encoder_decoder" else {}
-    counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
-    try:
-        # the math backend decomposes attention into matmuls the counter sees (CPU's fused kernel is not counted)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-            model(ids, **decoder_ids)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    root = type(model).__name__
-    counts = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key == "Global":
-            key = ""
-        elif key == root or key.startswith(root + "."):
-            key = key[len(root) + 1 :]
-        counts[key] = sum(ops.values())
-    idle_nodes: dict[str, str] = {}  # the layer nodes (blocks) holding a submodule that never ran
-    for name in watched:
-        if name not in called:
-            parts = name.split(".")
-            node = ".".join(parts[: parts.index("layers") + 3])
-            idle_nodes.setdefault(node, type(model.get_submodule(node)).__name__)
-    return counts, [f"{node} ({cls})" for node, cls in idle_nodes.items()]
 
 
 # ------------------------------------------------------------------------------------------------ the tree

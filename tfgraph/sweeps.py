@@ -269,7 +269,7 @@ def summarize_dir(sweep_dir: str | Path) -> tuple[Path, Path, list[JobResult]]:
     come from the ``multirun.yaml`` Hydra wrote there when the sweep started."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise ConfigError([("sweep_dir", f"{sweep_dir} is not a directory")])
+        raise ConfigError.at("sweep_dir", f"{sweep_dir} is not a directory")
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return write_summary(sweep_dir)

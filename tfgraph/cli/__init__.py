@@ -2,16 +2,19 @@
 
 Each command is a job function made a console script by :func:`command`, which composes the package's config from
 the command line with everything Hydra offers there (overrides, ``-m``, ``--cfg job``, ``--help``, ``-cd <dir>``,
-``hydra.searchpath=[...]``) and reports a mistake Hydra finds in it as ``tfgraph.compose`` does: ``error: ...`` and
-exit code 2.
+``hydra.searchpath=[...]``), reports a mistake Hydra finds in it as ``tfgraph.compose`` does (``error: ...`` and
+exit code 2) and runs the job under :func:`exit_on_error`, the one place that turns what the job raises into an
+exit code: 2 for a :class:`tfgraph.ConfigError` (a :class:`tfgraph.data.DataConfigError` among them) or a
+:class:`tfgraph.data.DataError`, 3 for a diverged training, the same for those raised in a spawned process.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -28,24 +31,73 @@ T = TypeVar("T")
 FULL_ERROR = "HYDRA_FULL_ERROR"  # set, Hydra raises what it would print with its search path and exit 1 for
 
 
-def exit_on_config_error(function: Callable[[], T]) -> T:
-    """``function()``; a :class:`tfgraph.ConfigError` becomes ``error: ...`` on stderr and exit code 2 (no traceback)."""
+def exit_on_error(function: Callable[..., T], *args: Any, exit_codes: Mapping[type[BaseException], int] = {}) -> T:
+    """``function(*args)``; what is the user's to mend becomes ``error: <message>`` on stderr and an exit code
+    instead of a traceback (:func:`exit_status`: a ConfigError, a DataError, a diverged training, one of those
+    raised in a spawned process, or an exception of ``exit_codes``). Anything else keeps its traceback."""
     try:
-        return function()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return function(*args)
+    except Exception as err:
+        status = exit_status(err, exit_codes)
+        if status is None:
+            raise
+        code, message = status
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(code)
 
 
-def command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+def exit_status(err: BaseException, exit_codes: Mapping[type[BaseException], int] = {}) -> tuple[int, str] | None:
+    """The exit code and message of an error the user can mend (None for any other): 2 for a
+    :class:`tfgraph.ConfigError` or a :class:`tfgraph.data.DataError`, 3 for
+    :class:`tfgraph.tasks.callbacks.TrainingDiverged`, the code ``exit_codes`` gives its class, and the same for
+    one of these that a spawned DDP process raised (``trainer=ddp_sim``, :func:`spawned_error`)."""
+    if isinstance(err, ConfigError):
+        return 2, str(err)
+    for cls, code in exit_codes.items():
+        if isinstance(err, cls):
+            return code, str(err)
+    # imported only now: a command that raised neither need not load the data layer, Lightning or spawn
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from tfgraph.data import DataError
+    from tfgraph.tasks.callbacks import TrainingDiverged
+
+    if isinstance(err, DataError):
+        return 2, str(err)
+    if isinstance(err, TrainingDiverged):
+        return 3, str(err)
+    if isinstance(err, ProcessRaisedException):  # raised in a spawned DDP process (trainer=ddp_sim, ddp_spawn)
+        return spawned_error(str(err))
+    return None
+
+
+SPAWNED_ERRORS = {"ConfigError": 2, "DataConfigError": 2, "DataError": 2, "TrainingDiverged": 3}  # as in one process
+SPAWNED_ERROR = re.compile(r"(?:[\w.]+\.)?(" + "|".join(SPAWNED_ERRORS) + r"): (.*)")
+
+
+def spawned_error(traceback: str) -> tuple[int, str] | None:
+    """The exit code and message of a ConfigError, DataError or TrainingDiverged that another process raised,
+    from the traceback it passed on (the exception's line and any lines of its message after it)."""
+    lines = traceback.splitlines()
+    for i in reversed(range(len(lines))):
+        match = SPAWNED_ERROR.fullmatch(lines[i].strip())
+        if match:
+            return SPAWNED_ERRORS[match[1]], "\n".join([match[2], *lines[i + 1 :]]).rstrip()
+    return None
+
+
+def command(
+    config_name: str, *, exit_codes: Mapping[type[BaseException], int] = {}
+) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Decorator: the console script that composes the package's ``config_name`` config from the command line and
     calls the decorated job function with it (``@hydra.main``, so every Hydra flag works).
 
     A mistake Hydra finds in the command line before the job runs (an option a group does not have, an unknown
     key, an override it cannot parse, a config dir that is not there) is reported as :func:`tfgraph.compose`
     reports it: ``error: ...`` on stderr, the config path and the closest names, exit code 2, and neither a
-    traceback nor Hydra's search path. What the job function raises is left as it is: the commands turn a
-    ConfigError into exit code 2 themselves, and anything else keeps its traceback.
+    traceback nor Hydra's search path. The job runs under :func:`exit_on_error` (``exit_codes``: the command's
+    own errors, e.g. ``{GraphvizMissing: 1}``): a ConfigError or DataError it raises is exit code 2, a diverged
+    training 3, and anything else (a Hydra error of the job's own included) keeps its traceback.
 
     Example::
 
@@ -65,7 +117,7 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callabl
         def task(cfg: DictConfig) -> Any:
             try:
                 with _environment(FULL_ERROR, users_setting):  # the job sees the environment it was started in
-                    return job(cfg)
+                    return exit_on_error(job, cfg, exit_codes=exit_codes)
             except BaseException as err:
                 raised.append(err)
                 raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from tfgraph.cli import command, exit_on_config_error
+from tfgraph.cli import command
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     def run(cfg: DictConfig) -> None:
         from tfgraph.inference import attention_from_config
 
-        print(exit_on_config_error(lambda: attention_from_config(cfg)))
+        print(attention_from_config(cfg))
 
     run()
 

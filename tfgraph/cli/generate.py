@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from tfgraph.cli import command, exit_on_config_error
+from tfgraph.cli import command
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     def run(cfg: DictConfig) -> None:
         from tfgraph.inference import generate_from_config
 
-        exit_on_config_error(lambda: generate_from_config(cfg))
+        generate_from_config(cfg)
 
     run()
 

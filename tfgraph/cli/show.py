@@ -10,25 +10,19 @@ option, key or override Hydra cannot compose included (printed as ``error: ...``
 
 from __future__ import annotations
 
-import sys
-
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tfgraph.cli import command, exit_on_config_error
+from tfgraph.cli import command
 from tfgraph.show import GraphvizMissing, show
 
 
 def main() -> None:
     """The console script: compose the ``show`` config from the command line and print what :func:`show` returns."""
 
-    @command("show")
+    @command("show", exit_codes={GraphvizMissing: 1})
     def run(cfg: DictConfig) -> None:
-        try:
-            print(exit_on_config_error(lambda: show(cfg, name=HydraConfig.get().runtime.choices.get("model"))))
-        except GraphvizMissing as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(1)
+        print(show(cfg, name=HydraConfig.get().runtime.choices.get("model")))
 
     run()
 

@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tfgraph.cli import exit_on_config_error
+from tfgraph.cli import exit_on_error
 from tfgraph.config import hydra_error
 from tfgraph.data import DataError
 from tfgraph.registry import ConfigError
@@ -60,7 +60,7 @@ class SweepCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra logs and ignores an exception a callback raises, but not an exit
-        exit_on_config_error(lambda: check_sweep(config))
+        exit_on_error(check_sweep, config)
 
 
 def check_sweep(config: DictConfig) -> None:
@@ -155,7 +155,7 @@ def sweep_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfi
     """Run one job of a sweep: ``function(cfg)``'s ``cfg.optimized_metric`` (None when there is none to
     optimise), or a :class:`FailedJob` when it raises (the traceback goes to the job's log) or does not report
     that metric as a number."""
-    from tfgraph.train import TrainingDiverged
+    from tfgraph.tasks.callbacks import TrainingDiverged
 
     worst = -math.inf if objective_mode(cfg) == "max" else math.inf
     try:

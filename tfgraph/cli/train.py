@@ -9,7 +9,8 @@
 
 Exit codes: 0 on success, 2 for a :class:`tfgraph.ConfigError` or a :class:`tfgraph.data.DataError`, an option,
 key or override Hydra cannot compose included (printed as ``error: ...``, no traceback), 3 when the training
-loss diverges (:class:`tfgraph.train.TrainingDiverged`). A sweep (``-m``) first composes each value of each swept
+loss diverges (:class:`tfgraph.train.TrainingDiverged`), the same when a spawned process raised them
+(:func:`tfgraph.cli.exit_on_error`, which every command runs its job under). A sweep (``-m``) first composes each value of each swept
 override and exits 2, launching nothing, when one does not compose (:class:`tfgraph.cli.sweep.SweepCheck`);
 then a job that fails is logged and marked failed, and the sweep goes on (:mod:`tfgraph.cli.sweep`):
 ``summary.md`` and ``summary.csv`` in the sweep dir list every job.
@@ -18,7 +19,6 @@ then a job that fails is logged and marked failed, and the sweep goes on (:mod:`
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,50 +27,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tfgraph.cli import command
+from tfgraph.cli import command, exit_on_error
+from tfgraph.cli import spawned_error as spawned_error  # where it was before every command shared it
 from tfgraph.cli.sweep import register_resolvers, summarize_stopped_sweep, sweep_job
-from tfgraph.data import DataError
 from tfgraph.registry import ConfigError
 
 
 def run_job(function: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> dict[str, float]:
-    """Call ``function(cfg)`` with ``paths.output_dir`` set to Hydra's run dir; a ConfigError or DataError
-    becomes ``error: ...`` on stderr and exit code 2, a diverged training exit code 3."""
-    from torch.multiprocessing.spawn import ProcessRaisedException
-
-    from tfgraph.train import TrainingDiverged
-
+    """``function(cfg)`` with ``paths.output_dir`` set to Hydra's run dir, under :func:`tfgraph.cli.exit_on_error`
+    (also when called outside a command): a ConfigError or DataError becomes ``error: ...`` on stderr and exit
+    code 2, a diverged training exit code 3, in this process or a spawned one."""
     set_output_dir(cfg)
-    try:
-        return function(cfg)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
-    except ProcessRaisedException as err:  # raised in a spawned DDP process (trainer=ddp_sim, ddp_spawn)
-        found = spawned_error(str(err))
-        if found is None:
-            raise
-        code, message = found
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(code)
-
-
-SPAWNED_ERRORS = {"ConfigError": 2, "DataError": 2, "TrainingDiverged": 3}  # exit codes, as in one process
-SPAWNED_ERROR = re.compile(r"(?:[\w.]+\.)?(" + "|".join(SPAWNED_ERRORS) + r"): (.*)")
-
-
-def spawned_error(traceback: str) -> tuple[int, str] | None:
-    """The exit code and message of a ConfigError, DataError or TrainingDiverged that another process raised,
-    from the traceback it passed on (the exception's line and any lines of its message after it)."""
-    lines = traceback.splitlines()
-    for i in reversed(range(len(lines))):
-        match = SPAWNED_ERROR.fullmatch(lines[i].strip())
-        if match:
-            return SPAWNED_ERRORS[match[1]], "\n".join([match[2], *lines[i + 1 :]]).rstrip()
-    return None
+    return exit_on_error(function, cfg)
 
 
 def installed(module: str) -> bool:
@@ -85,15 +53,11 @@ def sweep_output_dir(cfg: DictConfig) -> DictConfig:
     given without any interpolation, which every job of the sweep would share (and overwrite)."""
     given = OmegaConf.to_container(cfg.paths, resolve=False).get("output_dir") if "paths" in cfg else None
     if isinstance(given, str) and given and "${" not in given:
-        raise ConfigError(
-            [
-                (
-                    "paths.output_dir",
-                    f"{given} would be the dir of every job of the sweep: leave it unset (each job writes to its "
-                    "own dir under hydra.sweep.dir) or make it differ per job, e.g. 'paths.output_dir=/scratch/"
-                    "run_${hydra:job.num}'",
-                )
-            ]
+        raise ConfigError.at(
+            "paths.output_dir",
+            f"{given} would be the dir of every job of the sweep: leave it unset (each job writes to its "
+            "own dir under hydra.sweep.dir) or make it differ per job, e.g. 'paths.output_dir=/scratch/"
+            "run_${hydra:job.num}'",
         )
     set_output_dir(cfg)
     return cfg

@@ -47,8 +47,8 @@ COMMON_ARGS = ("model", "tokenizer", "label_names", "optimizer", "scheduler", "d
 def task_class(name: Any) -> type[Task]:
     """The task class registered as ``name``, or a ConfigError listing the tasks."""
     if name not in TASKS:
-        raise ConfigError(
-            [("task.name", f"unknown task {name!r}{suggest(str(name), TASKS)}; tasks are {', '.join(TASKS)}")]
+        raise ConfigError.at(
+            "task.name", f"unknown task {name!r}{suggest(str(name), TASKS)}; tasks are {', '.join(TASKS)}"
         )
     return TASKS[name]
 

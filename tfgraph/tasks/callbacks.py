@@ -225,7 +225,7 @@ class StopOnDivergence(Callback):
 
     The message names the step (``trainer.global_step`` at the end of the batch whose loss it was: the optimizer
     step that used it), the checkpoint left intact to resume from, and what to change. It must see a step's loss
-    before a checkpoint of that step is taken: :func:`tfgraph.train.build_trainer` puts it first among the
+    before a checkpoint of that step is taken: :func:`tfgraph.trainer.build_trainer` puts it first among the
     callbacks.
     """
 

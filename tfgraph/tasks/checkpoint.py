@@ -17,7 +17,7 @@ The user opts in on the command line: ``trust_plugins=true`` lets the checkpoint
 (``model.plugins``, the module of ``data._target_``); ``plugins=[my_pkg.blocks]`` imports those modules first and
 lets the checkpoint name them. :func:`load_task` rebuilds the task through tfgraph's registries alone (the task
 class by name, blocks, heads, optimizers by registered name); the DataModule of a checkpoint is called with its
-plain options, never instantiated by Hydra (:func:`data_module_class`, ``tfgraph.train.checkpoint_datamodule``).
+plain options, never instantiated by Hydra (:func:`data_module_class`, :func:`tfgraph.run_data.checkpoint_datamodule`).
 """
 
 from __future__ import annotations
@@ -86,11 +86,11 @@ def read_checkpoint(path: str | Path) -> Any:
     if file.is_dir():
         inside = file / "checkpoints" / "last.ckpt"
         hint = f" (its run's checkpoint is {inside})" if inside.is_file() else ""
-        raise ConfigError([(KEY, f"{path} is a directory, not a checkpoint file{hint}")])
+        raise ConfigError.at(KEY, f"{path} is a directory, not a checkpoint file{hint}")
     if not file.is_file():
-        raise ConfigError([(KEY, f"no checkpoint at {path}")])
+        raise ConfigError.at(KEY, f"no checkpoint at {path}")
     if file.stat().st_size == 0:
-        raise ConfigError([(KEY, f"{path} is an empty file, not a checkpoint")])
+        raise ConfigError.at(KEY, f"{path} is an empty file, not a checkpoint")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -98,25 +98,17 @@ def read_checkpoint(path: str | Path) -> Any:
     except pickle.UnpicklingError as err:
         found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(err))
         why = f" ({found.group(1).strip()})" if found else ""
-        raise ConfigError(
-            [
-                (
-                    KEY,
-                    f"{path} is not a checkpoint tfgraph reads: torch.load(weights_only=True) refuses it{why}; a "
-                    "checkpoint holds only tensors and plain containers, and nothing in the file was run",
-                )
-            ]
+        raise ConfigError.at(
+            KEY,
+            f"{path} is not a checkpoint tfgraph reads: torch.load(weights_only=True) refuses it{why}; a "
+            "checkpoint holds only tensors and plain containers, and nothing in the file was run",
         ) from None
     except Exception as err:  # torch raises what its readers raise: RuntimeError, EOFError, IndexError, ...
         first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
-        raise ConfigError(
-            [
-                (
-                    KEY,
-                    f"{path} is not a readable torch checkpoint (truncated, or another kind of file): "
-                    f"{type(err).__name__}{': ' + first[:200] if first else ''}",
-                )
-            ]
+        raise ConfigError.at(
+            KEY,
+            f"{path} is not a readable torch checkpoint (truncated, or another kind of file): "
+            f"{type(err).__name__}{': ' + first[:200] if first else ''}",
         ) from None
 
 
@@ -142,7 +134,7 @@ def check_checkpoint(
     from tfgraph.tasks import TASKS  # tfgraph.tasks imports this module
 
     def refuse(message: str) -> ConfigError:
-        return ConfigError([(KEY, f"{where}: {message}")])
+        return ConfigError.at(KEY, f"{where}: {message}")
 
     if not isinstance(checkpoint, dict):
         raise refuse(f"a {type(checkpoint).__name__}, not a tfgraph checkpoint")
@@ -191,8 +183,8 @@ def check_resumable(checkpoint: Mapping[str, Any], *, where: str) -> None:
     step = checkpoint.get("global_step")
     if missing or not isinstance(step, int) or isinstance(step, bool):
         what = ", ".join(missing) if missing else f"global_step {step!r}"
-        raise ConfigError(
-            [(KEY, f"{where}: holds no training state to resume from ({what}); it can be evaluated, not resumed")]
+        raise ConfigError.at(
+            KEY, f"{where}: holds no training state to resume from ({what}); it can be evaluated, not resumed"
         )
     problems = [f"{where}: {problem}" for problem in _training_state_problems(checkpoint)]
     if problems:
@@ -268,13 +260,13 @@ def load_task(
     except ConfigError as err:
         raise ConfigError([(KEY, f"{where}: {path}: {message}") for path, message in err.problems]) from None
     except (DataError, TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # a crafted tokenizer, ...
-        raise ConfigError([(KEY, f"{where}: its task does not rebuild: {type(err).__name__}: {err}")]) from None
+        raise ConfigError.at(KEY, f"{where}: its task does not rebuild: {type(err).__name__}: {err}") from None
     try:
         task.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])[:400]
-        raise ConfigError([(KEY, f"{where}: its weights do not fit its model config: {detail}")]) from None
+        raise ConfigError.at(KEY, f"{where}: its weights do not fit its model config: {detail}") from None
     return task
 
 
@@ -288,12 +280,12 @@ def data_module_class(target: Any, *, where: str, trust_plugins: bool = False) -
         try:
             importlib.import_module(module)
         except Exception as err:
-            raise ConfigError(
-                [(KEY, f"{where}: data._target_ {target!r}: its module failed to import: {type(err).__name__}: {err}")]
+            raise ConfigError.at(
+                KEY, f"{where}: data._target_ {target!r}: its module failed to import: {type(err).__name__}: {err}"
             ) from None
         cls = _known_data_module(target)
     if cls is None:
-        raise ConfigError([(KEY, f"{where}: {_not_a_data_module(target)}")])
+        raise ConfigError.at(KEY, f"{where}: {_not_a_data_module(target)}")
     return cls
 
 
@@ -302,7 +294,7 @@ def trust_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     (keyword arguments of :func:`load_checkpoint` and :func:`load_task`)."""
     trust = cfg.get("trust_plugins", False)
     if not isinstance(trust, bool):
-        raise ConfigError([("trust_plugins", f"expected true or false, got {trust!r}")])
+        raise ConfigError.at("trust_plugins", f"expected true or false, got {trust!r}")
     plugins = cfg.get("plugins") or ()
     return {"trust_plugins": trust, "plugins": (plugins,) if isinstance(plugins, str) else tuple(plugins)}
 

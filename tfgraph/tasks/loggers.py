@@ -10,6 +10,8 @@ overlap the earlier ones. These keep what was logged before the step training st
   run's rows follow. A new run (step 0) starts the file afresh.
 - :class:`TensorBoardLogger` keeps the earlier event files and starts its own with ``purge_step`` at the resumed
   step: TensorBoard shows the earlier events before that step, then the resumed run's.
+
+:func:`sync_csv_columns` mends what a fit in spawned processes leaves a CSV logger of this process not knowing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 from pathlib import Path
 from typing import IO, Any
 
+import pytorch_lightning as pl
 from pytorch_lightning import loggers
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
@@ -120,4 +123,21 @@ def event_files(log_dir: str) -> list[Path]:
     return sorted(Path(log_dir).glob("events.out.tfevents.*"))
 
 
-__all__ = ["CSVLogger", "TensorBoardLogger"]
+def sync_csv_columns(trainer: pl.Trainer) -> None:
+    """Tell each CSVLogger the columns its metrics.csv already has.
+
+    A fit in spawned processes (trainer=ddp_sim) writes the file there, and the logger of this process never
+    learns its columns; the next stage's rewrite of the file with new columns then fails (Lightning 2.6).
+    """
+    for logger in trainer.loggers:
+        if not isinstance(logger, loggers.CSVLogger) or not trainer.is_global_zero:
+            continue
+        writer = logger.experiment
+        path = Path(writer.metrics_file_path)
+        if path.is_file():
+            with path.open(newline="") as f:
+                columns = next(csv.reader(f), [])
+            writer.metrics_keys = sorted(set(writer.metrics_keys) | set(columns))
+
+
+__all__ = ["CSVLogger", "TensorBoardLogger", "sync_csv_columns"]

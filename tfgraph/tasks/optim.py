@@ -77,8 +77,8 @@ def _named(table: Mapping[str, Any], cfg: Mapping[str, Any], path: str) -> tuple
     options = dict(cfg)
     name = options.pop("name", None)
     if name not in table:
-        raise ConfigError(
-            [(f"{path}.name", f"unknown {path} {name!r}{suggest(str(name), table)}; choose one of {', '.join(table)}")]
+        raise ConfigError.at(
+            f"{path}.name", f"unknown {path} {name!r}{suggest(str(name), table)}; choose one of {', '.join(table)}"
         )
     return table[name], options
 

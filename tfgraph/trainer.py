@@ -1,0 +1,109 @@
+"""The Lightning Trainer a config describes, and its metrics as floats.
+
+:func:`build_trainer` instantiates ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` and the loggers of
+``cfg.logger``, adds the callbacks every tfgraph run has (:mod:`tfgraph.tasks.callbacks`) and writes every
+checkpoint atomically; each mistake (a key the Trainer takes no argument for, a callback or logger whose package
+is missing, a GPU that is not there) is a :class:`tfgraph.ConfigError` at its config key.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelSummary, ProgressBar
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.plugins.io import CheckpointIO
+
+from tfgraph.registry import ConfigError, suggest
+from tfgraph.run_checks import check_accelerator
+from tfgraph.tasks.callbacks import AtomicCheckpointIO, ContinueLogs, StopOnDivergence, ValidateAtLastStep
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` and loggers of ``cfg.logger``."""
+    callbacks = [instantiate_part(node, f"callbacks.{name}", Callback) for name, node in _entries(cfg, "callbacks")]
+    loggers = [instantiate_part(node, f"logger.{name}", Logger) for name, node in _entries(cfg, "logger")]
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_model_summary") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # first: it sees each step's loss before a checkpoint of that step is taken
+    callbacks = [StopOnDivergence(), *callbacks, ValidateAtLastStep(), *([ContinueLogs()] if loggers else [])]
+    check_accelerator(cfg.trainer)
+    try:
+        plugins = with_atomic_checkpoints(cfg.trainer.get("plugins"))
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides)
+    except InstantiationException as err:
+        problems = unknown_arguments(cfg.trainer, "trainer") or [("trainer", str(err.__cause__ or err))]
+        raise ConfigError(problems) from err
+
+
+def with_atomic_checkpoints(given: Any) -> list[Any]:
+    """The trainer's ``plugins`` with :class:`~tfgraph.tasks.callbacks.AtomicCheckpointIO` unless one of them
+    writes the checkpoints: every checkpoint file is written whole or not at all."""
+    plugins = instantiate(given, _convert_="all") if OmegaConf.is_config(given) else given
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
+def unknown_arguments(node: DictConfig, path: str) -> list[tuple[str, str]]:
+    """The keys of the instantiable config ``node`` (at ``path``) that its ``_target_`` takes no argument for, each
+    with the closest arguments it does take (``+trainer.max_step=100``: ``trainer.max_step``, ``max_steps``)."""
+    try:
+        parameters = inspect.signature(get_class(str(node._target_))).parameters.values()
+    except Exception:  # no class there: instantiating said why
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    takes = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        (f"{path}.{key}", f"{node._target_} takes no argument {key!r}{suggest(key, takes)}")
+        for key in map(str, node)
+        if not key.startswith("_") and key not in takes
+    ]
+
+
+def _entries(cfg: DictConfig, group: str) -> list[tuple[str, Any]]:
+    return [(name, node) for name, node in (cfg.get(group) or {}).items() if node is not None]
+
+
+def instantiate_part(node: Any, path: str, kind: type) -> Any:
+    """Instantiate one callback or logger, with a ConfigError for a node that is not one or a missing package."""
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        raise ConfigError.at(path, f"expected a {kind.__name__} config with a _target_, got {node!r}")
+    try:
+        part = instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ImportError):
+            how = f"pip install {cause.name}" if cause.name else str(cause)
+            raise ConfigError.at(path, f"needs a package that is not installed: {how}") from None
+        raise ConfigError.at(path, str(cause or err)) from err
+    if not isinstance(part, kind):
+        raise ConfigError.at(path, f"{node._target_} is not a {kind.__name__}")
+    return part
+
+
+def scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Lightning's logged metrics (tensors) as floats, those starting with ``prefix``."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if key.startswith(prefix) and (not isinstance(value, torch.Tensor) or value.numel() == 1)
+    }
+
+
+def format_metrics(metrics: Mapping[str, float], prefix: str = "") -> str:
+    """``test/loss=1.23, test/ppl=3.42``: the metrics starting with ``prefix``, sorted."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if k.startswith(prefix))
