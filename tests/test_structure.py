@@ -83,3 +83,44 @@ def test_hand_built_decoder_generates_from_a_cache() -> None:
 def test_a_model_without_its_sizes_is_refused() -> None:
     with pytest.raises(ValueError, match="max_len"):
         DecoderOnly(embedding=TokenEmbedding(vocab_size=40, d_model=16), decoder=None, sizes={"d_model": 16})
+
+
+def test_the_block_protocol_is_read_once_at_registration() -> None:
+    from torch import nn
+
+    from tfgraph.blocks.attention import CrossAttention, MultiHeadAttention
+    from tfgraph.blocks.ffn import MixtureOfExperts
+    from tfgraph.registry import block_protocol
+
+    attention = block_protocol(MultiHeadAttention)
+    assert (attention.kind, attention.name, attention.needs, attention.plumbed) == (
+        "attention",
+        "multihead",
+        ("context", "cache"),
+        2,
+    )
+    assert block_protocol(CrossAttention).cache and not block_protocol(CrossAttention).aux_loss
+    assert block_protocol(MixtureOfExperts).aux_loss and block_protocol(MixtureOfExperts).needs == ()
+    assert block_protocol(nn.Linear).kind is None  # never registered: read from the class, nothing needed
+
+    @tfgraph.register("op", "needs_context_test_only")
+    class Peek(nn.Module):
+        needs = ("context",)
+
+        def forward(self, x, ctx):
+            return x
+
+    assert block_protocol(Peek).needs == ("context",)
+    Peek.needs = ()  # read at registration: a later change of the class attribute does not count
+    assert block_protocol(Peek).context
+    with pytest.raises(TypeError, match="a block with a cache needs the context"):
+
+        @tfgraph.register("op", "cache_only_test_only")
+        class CacheOnly(nn.Module):
+            needs = ("cache",)
+
+    with pytest.raises(TypeError, match="expected a tuple of 'context', 'cache'"):
+
+        @tfgraph.register("op", "typo_test_only")
+        class Typo(nn.Module):
+            needs = ("contex",)

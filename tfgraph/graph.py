@@ -18,18 +18,17 @@ the argument plumbing fixed at build time.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tfgraph.blocks.context import AttentionContext
-from tfgraph.registry import KINDS, Problems, bind, lookup, suggest
+from tfgraph.registry import KINDS, BlockProtocol, Problems, bind, block_protocol, lookup, suggest
 
 SLOTS = ("norm", "attention", "cross_attention", "ffn")
-SLOT_KINDS = {"norm": "norm", "attention": "attention", "cross_attention": "attention", "ffn": "ffn"}
 NODE_KEYS = ("slot", "block", "kind", "in")
 # The kinds whose blocks map a layer's tensors to tensors; position, embedding and head blocks are model parts
 # (model.position, model.embedding, model.head) that the stack and the model call, never graph nodes.
@@ -38,16 +37,30 @@ NODE_KINDS = ("attention", "ffn", "norm", "op")
 
 @dataclass(frozen=True)
 class Part:
-    """A resolved model part: the block class, its own config, and where that config lives.
+    """A model part (``model.attention``, ``model.position``, a pattern entry's ``norm``): its block class, its
+    own config, where that config lives and, once bound, every argument it is built with.
 
     ``key_paths`` gives the config path of keys that come from elsewhere (a pattern entry keeps the arguments of
-    the part it overrides); every other key lives at ``path.key``.
+    the part it overrides); every other key lives at ``path.key``. ``kwargs`` is ``None`` until the part is bound
+    (:meth:`bound`); a slot's part is bound per node instead, since a node may add its own keys.
     """
 
     cls: type
     config: Mapping[str, Any]
     path: str
     key_paths: Mapping[str, str] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] | None = None
+
+    def bound(self, context: Mapping[str, Any], problems: Problems) -> Part:
+        """This part with its arguments bound strictly (:func:`~tfgraph.registry.bind`) against ``context``."""
+        kwargs = bind(self.cls, self.config, context=context, path=self.path, problems=problems)
+        return replace(self, kwargs=kwargs)
+
+    def build(self) -> Any:
+        """A fresh block from the bound arguments."""
+        if self.kwargs is None:
+            raise ValueError(f"{self.path}: the part is not bound yet (Part.bound)")
+        return self.cls(**self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -78,9 +91,7 @@ class GraphSpec:
 def block_arity(cls: type) -> tuple[int, int | None]:
     """How many tensor inputs a block's ``forward`` takes: ``(min, max)``, ``max`` None for ``*inputs``."""
     params = [p for name, p in inspect.signature(cls.forward).parameters.items() if name != "self"]
-    needs = getattr(cls, "needs", ())
-    plumbed = ("context" in needs) + ("cache" in needs)  # the attention context and the block's cache, last
-    params = params[: len(params) - plumbed]
+    params = params[: len(params) - block_protocol(cls).plumbed]  # the attention context and the cache, last
     variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
     fixed = [p for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     required = sum(p.default is inspect.Parameter.empty for p in fixed)
@@ -287,47 +298,69 @@ def _reachable(specs: Mapping[str, NodeSpec], output: str) -> set[str]:
     return seen
 
 
+def call_node(
+    block: nn.Module, args: list[Tensor | None], takes_context: bool, ctx: AttentionContext, entry: Any = None
+) -> Tensor:
+    """Call a node's block the one way every caller does: its inputs, then the context if it takes it, then its
+    cache entry if one is given (while generating)."""
+    if not takes_context:
+        return block(*args)
+    return block(*args, ctx) if entry is None else block(*args, ctx, entry)
+
+
+def attention_windows(blocks: Iterable[tuple[nn.Module, BlockProtocol]]) -> tuple[int | None, ...]:
+    """The sliding windows (``None`` = global) that the context-taking blocks of ``(block, protocol)`` pairs use,
+    each once, in order: the masks a stack builds for them (empty when there is no such block)."""
+    return tuple(dict.fromkeys(protocol.window(block) for block, protocol in blocks if protocol.context))
+
+
 class LayerGraph(nn.Module):
     """One layer: the blocks of a :class:`GraphSpec`, run in topological order.
 
     Each node's block is a child module under the node's name (``layers.0.attn.qkv.weight``). The plan
-    (which values feed which node, which nodes take the attention context and which their cache) is fixed at
-    build time, so ``forward`` is a flat loop that ``torch.compile(fullgraph=True)`` unrolls.
+    (which values feed which node, which nodes take the attention context and which their cache, read from each
+    block's :class:`~tfgraph.registry.BlockProtocol`) is fixed at build time, so ``forward`` is a flat loop that
+    ``torch.compile(fullgraph=True)`` unrolls.
 
     A block that declares ``needs = ("context", "cache")`` makes its cache with ``new_cache(batch, max_len, *,
     dtype, device)``; :meth:`new_cache` collects them, and a forward given that list hands each block its own
     after the context.
 
     forward(x: [B, T, d_model], ctx, memory: [B, S, d_model] | None, cache: list | None) -> [B, T, d_model]
+
     """
 
     def __init__(self, spec: GraphSpec) -> None:
         super().__init__()
         self.spec = spec
         slots = {name: i for i, name in enumerate(spec.inputs)}
-        plan, cache_slots, cached = [], [], []
+        plan, cached, built = [], [], []
         for node in spec.nodes:
             block = node.cls(**node.kwargs)
             self.add_module(node.name, block)
-            needs = getattr(node.cls, "needs", ())
-            if "cache" in needs and "context" not in needs:
-                raise TypeError(f"{node.cls.__name__} declares needs={needs!r}: a block with a cache needs the context")
-            plan.append((block, tuple(slots[source] for source in node.inputs), "context" in needs))
-            cache_slots.append(len(cached) if "cache" in needs else None)
-            if "cache" in needs:
+            protocol = block_protocol(node.cls)
+            slot = None
+            if protocol.cache:
+                slot = len(cached)
                 cached.append(block)
+            plan.append((block, tuple(slots[source] for source in node.inputs), protocol.context, slot))
+            built.append((block, protocol))
             slots[node.name] = len(slots)
-        self._plan = tuple(plan)
-        self._cache_slots = tuple(cache_slots)
+        self._plan = tuple(plan)  # (block, input slots, takes the context, index of its cache or None)
         self._cached_blocks = tuple(cached)
         self._output = slots[spec.output]
+        self._built = tuple(built)
+
+    def windows(self) -> tuple[int | None, ...]:
+        """The sliding windows its attention blocks use (see :func:`attention_windows`)."""
+        return attention_windows(self._built)
 
     def uncacheable(self) -> list[str]:
         """Names of the nodes that take the context but keep no cache (they cannot continue from a cache)."""
         return [
             node.name
-            for node, (_, _, wants_context), slot in zip(self.spec.nodes, self._plan, self._cache_slots, strict=True)
-            if wants_context and slot is None
+            for node, (_, _, takes_context, slot) in zip(self.spec.nodes, self._plan, strict=True)
+            if takes_context and slot is None
         ]
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> list[Any]:
@@ -338,15 +371,7 @@ class LayerGraph(nn.Module):
         self, x: Tensor, ctx: AttentionContext, memory: Tensor | None = None, cache: list[Any] | None = None
     ) -> Tensor:
         values = [x, memory] if len(self.spec.inputs) == 2 else [x]
-        if cache is None:
-            for block, sources, wants_context in self._plan:
-                args = [values[i] for i in sources]
-                values.append(block(*args, ctx) if wants_context else block(*args))
-            return values[self._output]
-        for (block, sources, wants_context), slot in zip(self._plan, self._cache_slots):  # noqa: B905 (fixed lengths)
-            args = [values[i] for i in sources]
-            if slot is not None:
-                values.append(block(*args, ctx, cache[slot]))
-            else:
-                values.append(block(*args, ctx) if wants_context else block(*args))
+        for block, sources, takes_context, slot in self._plan:
+            entry = None if cache is None or slot is None else cache[slot]
+            values.append(call_node(block, [values[i] for i in sources], takes_context, ctx, entry))
         return values[self._output]

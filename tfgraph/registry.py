@@ -216,8 +216,77 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
+NEEDS = ("context", "cache")  # what a block may declare in `needs`
+
+
+@dataclass(frozen=True)
+class BlockProtocol:
+    """How the graph and the stack call a block, read once from its class when it is registered.
+
+    A block states it with class attributes: ``needs``, a tuple of :data:`NEEDS` (``"context"``: it takes the
+    stack's :class:`~tfgraph.blocks.context.AttentionContext` after its inputs; ``"cache"``: it also keeps a cache,
+    made by ``new_cache(batch, max_len, *, dtype, device)`` and passed after the context while generating), and,
+    when it reports an auxiliary loss (a mixture of experts' load balancing), the annotation ``aux_loss: Tensor``
+    of the attribute it sets on each forward. A block that takes the context may name its sliding window in
+    ``self.window`` (its mask's key in ``ctx.masks``; ``None`` or absent: global attention).
+
+    Attributes:
+        kind: the kind it is registered under (``None`` for a class never registered).
+        name: the name it is registered under (``None`` likewise).
+        context: it takes the attention context after its inputs.
+        cache: it keeps a cache and takes it after the context.
+        aux_loss: it reports an auxiliary loss in ``self.aux_loss``.
+    """
+
+    kind: str | None
+    name: str | None
+    context: bool = False
+    cache: bool = False
+    aux_loss: bool = False
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The declared needs, in :data:`NEEDS` order."""
+        return tuple(need for need, on in zip(NEEDS, (self.context, self.cache), strict=True) if on)
+
+    @property
+    def plumbed(self) -> int:
+        """How many arguments the graph passes after a node's inputs (the context, the cache)."""
+        return self.context + self.cache
+
+    def window(self, block: Any) -> int | None:
+        """The sliding window of a built block (``None``: global attention, or a block without the context)."""
+        return getattr(block, "window", None) if self.context else None
+
+
+_PROTOCOLS: dict[type, BlockProtocol] = {}
+
+
+def read_protocol(cls: type, kind: str | None = None, name: str | None = None) -> BlockProtocol:
+    """A block class's :class:`BlockProtocol`, from its class attributes (see there).
+
+    Raises:
+        TypeError: ``needs`` that is not a tuple of :data:`NEEDS`, or a cache without the context.
+    """
+    needs = getattr(cls, "needs", ())
+    if isinstance(needs, str) or not isinstance(needs, (tuple, list)) or any(n not in NEEDS for n in needs):
+        raise TypeError(f"{cls.__name__} declares needs={needs!r}: expected a tuple of {', '.join(map(repr, NEEDS))}")
+    if "cache" in needs and "context" not in needs:
+        raise TypeError(f"{cls.__name__} declares needs={needs!r}: a block with a cache needs the context")
+    aux = any("aux_loss" in vars(klass).get("__annotations__", {}) for klass in cls.__mro__)
+    return BlockProtocol(kind=kind, name=name, context="context" in needs, cache="cache" in needs, aux_loss=aux)
+
+
+def block_protocol(cls: type) -> BlockProtocol:
+    """The protocol of a block class: the one read when it was registered, else read from the class now."""
+    known = _PROTOCOLS.get(cls)
+    return known if known is not None else read_protocol(cls)
+
+
 def register(kind: str, name: str) -> Callable[[_T], _T]:
     """Class decorator registering a block under ``kind`` and ``name``.
+
+    Its :class:`BlockProtocol` is read from the class here, once.
 
     Args:
         kind: one of :data:`KINDS`.
@@ -230,7 +299,9 @@ def register(kind: str, name: str) -> Callable[[_T], _T]:
         known = _REGISTRY[kind].get(name)
         if known is not None and _qualname(known) != _qualname(cls):
             raise ValueError(f"{kind} block {name!r} is already registered by {_qualname(known)}")
+        protocol = read_protocol(cls, kind, name)
         _REGISTRY[kind][name] = cls
+        _PROTOCOLS[cls] = protocol
         cls.block_kind = kind
         cls.block_name = name
         return cls

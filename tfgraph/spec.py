@@ -21,7 +21,6 @@ from tfgraph.registry import (
     Probability,
     Problems,
     accepts,
-    bind,
     check_value,
     load_plugins,
     lookup,
@@ -60,18 +59,6 @@ PROBABILITY = Annotated[float, Probability]
 
 
 @dataclass(frozen=True)
-class BlockSpec:
-    """A block ready to build: its class, bound arguments and the config path they came from."""
-
-    cls: type
-    kwargs: dict[str, Any]
-    path: str
-
-    def build(self) -> Any:
-        return self.cls(**self.kwargs)
-
-
-@dataclass(frozen=True)
 class StackSpec:
     """A stack of layers: one graph per layer (repeated specs are the same object), and its masking."""
 
@@ -85,12 +72,12 @@ class ModelSpec:
 
     topology: str
     sizes: dict[str, Any]
-    embedding: BlockSpec
-    token_type: BlockSpec | None
-    position: BlockSpec
-    embed_norm: BlockSpec | None
-    final_norm: BlockSpec | None
-    head: BlockSpec | None
+    embedding: Part  # the model parts, bound (Part.kwargs)
+    token_type: Part | None
+    position: Part
+    embed_norm: Part | None
+    final_norm: Part | None
+    head: Part | None
     tie_embeddings: bool
     init_std: float
     encoder: StackSpec | None  # encoder_only and encoder_decoder
@@ -127,6 +114,9 @@ def _plain(value: Any, path: str) -> Any:
 def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
     """Check a model config and resolve it into a :class:`ModelSpec`.
 
+    The steps, each recording its problems and going on: the model's keys and topology, the sizes and layer
+    counts, the parts (:data:`PART_KINDS`), the model-level parts bound to the sizes, the stacks of layer graphs.
+
     Args:
         cfg: the ``model`` node of a composed config (DictConfig or plain dict).
         path: its config path, for messages.
@@ -137,7 +127,20 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
     cfg = to_container(cfg, path)
     load_plugins(cfg.get("plugins"), f"{path}.plugins")
     problems = Problems()
+    topology = _topology(cfg, path, problems)
+    sizes = _sizes(cfg, path, problems)
+    parts = _parts(cfg, topology, path, problems)
+    outer = _model_parts(cfg, parts, sizes, topology, path, problems)
+    stacks = _stacks(cfg, parts, sizes, topology, path, problems)
+    init_std = cfg.get("init_std", 0.02)
+    if (message := check_value(init_std, Annotated[float, Positive])) is not None:
+        problems.add(f"{path}.init_std", message)
+    problems.raise_if_any()
+    return ModelSpec(topology=topology, sizes=sizes, init_std=float(init_std), config=cfg, **outer, **stacks)
 
+
+def _topology(cfg: Mapping[str, Any], path: str, problems: Problems) -> str | None:
+    """The topology, after checking that every key of the model config is a model key."""
     for key in cfg:
         if key not in MODEL_KEYS:
             problems.add(
@@ -149,12 +152,13 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
             f"{path}.topology",
             f"expected one of {', '.join(TOPOLOGIES)}, got {topology!r}{suggest(topology, TOPOLOGIES)}",
         )
-    sizes = _sizes(cfg, path, problems)
-    n_layers = _count(cfg, "n_layers", path, problems)
-    n_decoder_layers = cfg.get("n_decoder_layers")
-    if topology == "encoder_decoder":
-        n_decoder_layers = n_layers if n_decoder_layers is None else _count(cfg, "n_decoder_layers", path, problems)
+        return None
+    return topology
 
+
+def _parts(cfg: Mapping[str, Any], topology: str | None, path: str, problems: Problems) -> dict[str, Part | None]:
+    """The model's parts, unbound (``None`` for one whose config is wrong); cross-attention only in an
+    encoder_decoder, a head in every topology but encoder_only."""
     parts: dict[str, Part | None] = {}
     for name, kind in PART_KINDS.items():
         if name == "cross_attention" and topology != "encoder_decoder":
@@ -162,79 +166,87 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
         if name == "head" and topology == "encoder_only":
             continue
         parts[name] = _part(cfg.get(name), kind, f"{path}.{name}", problems)
+    return parts
 
-    def block(name: str, overrides: Mapping[str, Any] | None = None) -> BlockSpec | None:
-        part = parts.get(name)
-        if part is None:
-            return None
-        context = {**sizes, **(overrides or {})}
-        return BlockSpec(
-            part.cls, bind(part.cls, part.config, context=context, path=part.path, problems=problems), part.path
-        )
 
-    embedding = block("embedding")
-    position = block("position")
-    head = block("head") if topology != "encoder_only" else None
+def _bound(
+    parts: Mapping[str, Part | None], name: str, sizes: Mapping[str, Any], problems: Problems, **overrides: Any
+) -> Part | None:
+    """The part ``name`` bound to the sizes (with ``overrides`` of them), or None when it is missing or wrong."""
+    part = parts.get(name)
+    return None if part is None else part.bound({**sizes, **overrides}, problems)
+
+
+def _model_parts(
+    cfg: Mapping[str, Any],
+    parts: Mapping[str, Part | None],
+    sizes: Mapping[str, Any],
+    topology: str | None,
+    path: str,
+    problems: Problems,
+) -> dict[str, Any]:
+    """The parts outside the layers, bound: embedding, token types, position, embedding norm, head, tying."""
     token_types = cfg.get("token_types", 0)
     token_type = None
     if token_types:
         if not isinstance(token_types, int) or isinstance(token_types, bool) or token_types < 0:
             problems.add(f"{path}.token_types", f"expected a count of token types >= 0, got {token_types!r}")
         else:
-            token_type = block("embedding", {"vocab_size": token_types})
-    embed_norm = block("norm") if _flag(cfg, "embed_norm", False, path, problems) else None
-    tie = _flag(cfg, "tie_embeddings", True, path, problems)  # shapes are checked in the dry run
+            token_type = _bound(parts, "embedding", sizes, problems, vocab_size=token_types)
+    embed_norm = _flag(cfg, "embed_norm", False, path, problems)
+    return {
+        "embedding": _bound(parts, "embedding", sizes, problems),
+        "position": _bound(parts, "position", sizes, problems),
+        "head": _bound(parts, "head", sizes, problems) if topology != "encoder_only" else None,
+        "token_type": token_type,
+        "embed_norm": _bound(parts, "norm", sizes, problems) if embed_norm else None,
+        "tie_embeddings": _flag(cfg, "tie_embeddings", True, path, problems),  # shapes are checked in the dry run
+    }
 
+
+def _stacks(
+    cfg: Mapping[str, Any],
+    parts: Mapping[str, Part | None],
+    sizes: Mapping[str, Any],
+    topology: str | None,
+    path: str,
+    problems: Problems,
+) -> dict[str, Any]:
+    """The encoder and decoder stacks of the topology (each layer's graph, by the pattern) and the final norm."""
+    n_layers = _count(cfg, "n_layers", path, problems)
+    n_decoder_layers = cfg.get("n_decoder_layers")
+    if topology == "encoder_decoder":
+        n_decoder_layers = n_layers if n_decoder_layers is None else _count(cfg, "n_decoder_layers", path, problems)
+    stacks: dict[str, Any] = {"encoder": None, "decoder": None, "final_norm": None}
     layer = cfg.get("layer")
-    encoder = decoder = None
-    final_norm = None
     if not isinstance(layer, Mapping):
         problems.add(f"{path}.layer", f"expected a layer graph (choose one with model/layer=...), got {layer!r}")
-    else:
-        for key in layer:
-            if key not in LAYER_KEYS:
-                problems.add(
-                    f"{path}.layer.{key}",
-                    f"unknown layer key{suggest(key, LAYER_KEYS)}; layer keys are {', '.join(LAYER_KEYS)}",
-                )
-        if _flag(layer, "final_norm", True, f"{path}.layer", problems):
-            final_norm = block("norm")
-        pattern = _pattern(cfg.get("pattern"), f"{path}.pattern", problems)
-        graphs = {
-            "self": lambda items: _layers(layer, "nodes", ("x",), parts, items, sizes, path, problems),
-            "cross": lambda items: _layers(layer, "cross_nodes", ("x", "memory"), parts, items, sizes, path, problems),
-        }
-        if topology in ("encoder_only", "encoder_decoder") and n_layers:
-            encoder = _stack(graphs["self"](pattern), n_layers, causal=False)
-        if topology == "decoder_only" and n_layers:
-            decoder = _stack(graphs["self"](pattern), n_layers, causal=True)
-        if topology == "encoder_decoder" and n_decoder_layers:
-            if "cross_nodes" not in layer:
-                problems.add(
-                    f"{path}.layer.cross_nodes", "an encoder_decoder needs the decoder layer's graph (`cross_nodes`)"
-                )
-            else:
-                decoder = _stack(graphs["cross"](pattern), n_decoder_layers, causal=True)
+        return stacks
+    for key in layer:
+        if key not in LAYER_KEYS:
+            problems.add(
+                f"{path}.layer.{key}",
+                f"unknown layer key{suggest(key, LAYER_KEYS)}; layer keys are {', '.join(LAYER_KEYS)}",
+            )
+    if _flag(layer, "final_norm", True, f"{path}.layer", problems):
+        stacks["final_norm"] = _bound(parts, "norm", sizes, problems)
+    pattern = _pattern(cfg.get("pattern"), f"{path}.pattern", problems)
 
-    init_std = cfg.get("init_std", 0.02)
-    if (message := check_value(init_std, Annotated[float, Positive])) is not None:
-        problems.add(f"{path}.init_std", message)
-    problems.raise_if_any()
-    return ModelSpec(
-        topology=topology,
-        sizes=sizes,
-        embedding=embedding,
-        token_type=token_type,
-        position=position,
-        embed_norm=embed_norm,
-        final_norm=final_norm,
-        head=head,
-        tie_embeddings=tie,
-        init_std=float(init_std),
-        encoder=encoder,
-        decoder=decoder,
-        config=cfg,
-    )
+    def graphs(key: str, inputs: tuple[str, ...]) -> list[GraphSpec | None]:
+        return _layers(layer, key, inputs, parts, pattern, sizes, path, problems)
+
+    if topology in ("encoder_only", "encoder_decoder") and n_layers:
+        stacks["encoder"] = _stack(graphs("nodes", ("x",)), n_layers, causal=False)
+    if topology == "decoder_only" and n_layers:
+        stacks["decoder"] = _stack(graphs("nodes", ("x",)), n_layers, causal=True)
+    if topology == "encoder_decoder" and n_decoder_layers:
+        if "cross_nodes" not in layer:
+            problems.add(
+                f"{path}.layer.cross_nodes", "an encoder_decoder needs the decoder layer's graph (`cross_nodes`)"
+            )
+        else:
+            stacks["decoder"] = _stack(graphs("cross_nodes", ("x", "memory")), n_decoder_layers, causal=True)
+    return stacks
 
 
 def _sizes(cfg: Mapping[str, Any], path: str, problems: Problems) -> dict[str, Any]:

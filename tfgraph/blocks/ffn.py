@@ -117,6 +117,8 @@ class MixtureOfExperts(nn.Module):
         x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; ``aux_loss``: ``[]`` (float32; float64 for float64 inputs).
     """
 
+    aux_loss: Tensor  # declares the auxiliary loss (tfgraph.registry.BlockProtocol)
+
     def __init__(
         self,
         *,

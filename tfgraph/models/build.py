@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -9,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from tfgraph.blocks.context import self_attention_context
-from tfgraph.graph import GraphSpec, LayerGraph
+from tfgraph.graph import GraphSpec, LayerGraph, Part, attention_windows, call_node
 from tfgraph.models.transformer import DecoderOnly, EncoderDecoder, EncoderOnly, Stack, Transformer
-from tfgraph.registry import Problems
-from tfgraph.spec import BlockSpec, ModelSpec, StackSpec, model_spec
+from tfgraph.registry import Problems, block_protocol
+from tfgraph.spec import ModelSpec, StackSpec, model_spec
 
 TOPOLOGY_CLASSES = {"decoder_only": DecoderOnly, "encoder_only": EncoderOnly, "encoder_decoder": EncoderDecoder}
 DRY_RUN_SHAPE = (2, 8)  # batch and sequence length of the dry run
@@ -83,13 +84,13 @@ def init_weights(model: nn.Module, std: float) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, std)
-        elif getattr(type(module), "block_kind", None) in ("embedding", "head", "position"):
+        elif block_protocol(type(module)).kind in ("embedding", "head", "position"):
             for name, param in module.named_parameters(recurse=False):
                 if name == "bias":
                     nn.init.zeros_(param)
                 elif param.dim() >= 2:
                     nn.init.normal_(param, 0.0, std)
-        elif getattr(type(module), "block_kind", None) == "norm" and hasattr(module, "reset_parameters"):
+        elif block_protocol(type(module)).kind == "norm" and hasattr(module, "reset_parameters"):
             module.reset_parameters()
 
 
@@ -100,35 +101,37 @@ def dry_run(spec: ModelSpec) -> None:
     """Build and run each distinct layer graph once on ``meta``; raise one ConfigError naming each failing node."""
     problems = Problems()
     with torch.device("meta"):
-        embedding = _try_build(spec.embedding, problems)
-        head = _try_build(spec.head, problems) if spec.head else None
-        for block in (spec.token_type, spec.embed_norm, spec.final_norm):
-            if block is not None:
-                _try_build(block, problems)
-        if spec.tie_embeddings and embedding is not None and head is not None:
-            e, h = getattr(embedding, "weight", None), getattr(head, "weight", None)
-            if not isinstance(e, Tensor) or not isinstance(h, Tensor) or e.shape != h.shape:
-                problems.add(
-                    "model.tie_embeddings",
-                    f"cannot tie {type(head).__name__}.weight {_shape(h)} to {type(embedding).__name__}.weight "
-                    f"{_shape(e)}; set model.tie_embeddings=false or use blocks with matching weights",
-                )
-        batch, length = DRY_RUN_SHAPE
-        d_model, vocab_size = spec.sizes["d_model"], spec.sizes["vocab_size"]
-        if embedding is not None:
-            ids = torch.zeros(batch, length, dtype=torch.long)
-            _check_output(embedding, ids, (batch, length, d_model), spec.embedding.path, problems)
-        if head is not None:  # the model call returns logits [B, T, vocab]
-            _check_output(
-                head, torch.empty(batch, length, d_model), (batch, length, vocab_size), spec.head.path, problems
-            )
-        position = _try_build(spec.position, problems)
+        _dry_run_parts(spec, problems)
+        position = _try_part(spec.position, problems)
         if position is not None:
             for stack in (spec.encoder, spec.decoder):
                 if stack is not None:
                     for graph in dict.fromkeys(stack.layers):  # distinct specs, in order
                         _dry_run_graph(graph, position, stack.causal, spec.sizes["d_model"], problems)
     problems.raise_if_any()
+
+
+def _dry_run_parts(spec: ModelSpec, problems: Problems) -> None:
+    """Build the parts outside the layers and check the embedding's and the head's shapes and their tying."""
+    embedding = _try_part(spec.embedding, problems)
+    head = _try_part(spec.head, problems)
+    for part in (spec.token_type, spec.embed_norm, spec.final_norm):
+        _try_part(part, problems)
+    if spec.tie_embeddings and embedding is not None and head is not None:
+        e, h = getattr(embedding, "weight", None), getattr(head, "weight", None)
+        if not isinstance(e, Tensor) or not isinstance(h, Tensor) or e.shape != h.shape:
+            problems.add(
+                "model.tie_embeddings",
+                f"cannot tie {type(head).__name__}.weight {_shape(h)} to {type(embedding).__name__}.weight "
+                f"{_shape(e)}; set model.tie_embeddings=false or use blocks with matching weights",
+            )
+    batch, length = DRY_RUN_SHAPE
+    d_model, vocab_size = spec.sizes["d_model"], spec.sizes["vocab_size"]
+    if embedding is not None:
+        ids = torch.zeros(batch, length, dtype=torch.long)
+        _check_output(embedding, ids, (batch, length, d_model), spec.embedding.path, problems)
+    if head is not None:  # the model call returns logits [B, T, vocab]
+        _check_output(head, torch.empty(batch, length, d_model), (batch, length, vocab_size), spec.head.path, problems)
 
 
 def _check_output(block: nn.Module, x: Tensor, want: tuple[int, ...], path: str, problems: Problems) -> None:
@@ -142,11 +145,17 @@ def _check_output(block: nn.Module, x: Tensor, want: tuple[int, ...], path: str,
         problems.add(path, f"{type(block).__name__} must map {_shape(x)} to {list(want)} here, but gives {_shape(out)}")
 
 
-def _try_build(block: BlockSpec, problems: Problems) -> nn.Module | None:
+def _try_part(part: Part | None, problems: Problems) -> nn.Module | None:
+    """A bound model part built (``None`` for no part, or one that fails: the problem is at its path)."""
+    return None if part is None else _try_build(part.cls, part.kwargs, part.path, problems)
+
+
+def _try_build(cls: type, kwargs: Mapping[str, Any], path: str, problems: Problems) -> nn.Module | None:
+    """``cls(**kwargs)``, or None with a problem at ``path`` (the config of its arguments) when that fails."""
     try:
-        return block.build()
+        return cls(**kwargs)
     except Exception as err:
-        problems.add(block.path, f"{block.cls.__name__} could not be built: {type(err).__name__}: {err}")
+        problems.add(path, f"{cls.__name__} could not be built: {type(err).__name__}: {err}")
         return None
 
 
@@ -157,22 +166,21 @@ def _dry_run_graph(graph: GraphSpec, position: nn.Module, causal: bool, d_model:
         values["memory"] = torch.empty(batch, MEMORY_LEN, d_model)
     blocks = {}
     for node in graph.nodes:
-        block = _try_build(BlockSpec(node.cls, node.kwargs, node.source), problems)
+        block = _try_build(node.cls, node.kwargs, node.source, problems)
         if block is None:
             return
-        blocks[node.name] = block
-    attention = [b for b in blocks.values() if "context" in getattr(type(b), "needs", ())]
-    windows = tuple(dict.fromkeys(getattr(b, "window", None) for b in attention)) or (None,)
+        blocks[node.name] = (block, block_protocol(node.cls))
     try:
+        windows = attention_windows(blocks.values()) or (None,)
         ctx = self_attention_context(position, torch.arange(length), causal=causal, windows=windows)
     except Exception as err:
         problems.add("model.position", f"{type(position).__name__} failed in a dry run: {type(err).__name__}: {err}")
         return
     for node in graph.nodes:
         args = [values[source] for source in node.inputs]
-        block = blocks[node.name]
+        block, protocol = blocks[node.name]
         try:
-            out = block(*args, ctx) if "context" in getattr(type(block), "needs", ()) else block(*args)
+            out = call_node(block, args, protocol.context, ctx)
         except Exception as err:
             if not (isinstance(err, NotImplementedError) and "meta" in str(err).lower()):
                 shapes = ", ".join(f"{s} {_shape(v)}" for s, v in zip(node.inputs, args, strict=True))

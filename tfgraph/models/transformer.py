@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tfgraph.blocks.context import (
+    AttentionContext,
     Position,
     StackCache,
     cached_attention_context,
@@ -30,6 +31,7 @@ from tfgraph.blocks.context import (
     self_attention_context,
 )
 from tfgraph.graph import LayerGraph
+from tfgraph.registry import block_protocol
 
 if TYPE_CHECKING:
     from tfgraph.spec import ModelSpec
@@ -73,8 +75,7 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
         self.causal = causal
-        attention = [m for m in self.layers.modules() if "context" in getattr(type(m), "needs", ())]
-        self.windows = tuple(dict.fromkeys(getattr(m, "window", None) for m in attention)) or (None,)
+        self.windows = tuple(dict.fromkeys(w for layer in layers for w in layer.windows())) or (None,)
         self.record: dict[nn.Module, Tensor] | None = None
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> StackCache:
@@ -100,63 +101,57 @@ class Stack(nn.Module):
         position_ids: Tensor | None = None,
         cache: StackCache | None = None,
     ) -> Tensor:
-        if cache is not None:
-            return self._continue(x, padding_mask, memory, memory_padding_mask, position_ids, cache)
-        positions = torch.arange(x.shape[1], device=x.device)
-        x = self.position.embed(x, positions if position_ids is None else position_ids)
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
-        x = self.drop(x)
-        ctx = self_attention_context(
-            self.position,
-            positions,
-            causal=self.causal,
-            padding_mask=padding_mask,
-            windows=self.windows,
-            rope_positions=position_ids,
-        )
-        ctx.memory_mask = memory_mask(memory_padding_mask)
-        ctx.record = self.record
-        for layer in self.layers:
-            x = layer(x, ctx, memory)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x
+        x, ctx = self._prelude(x, padding_mask, memory_padding_mask, position_ids, cache)
+        if cache is None:
+            for layer in self.layers:
+                x = layer(x, ctx, memory)
+        else:  # the new tokens after the cached ones; the cache takes their keys and values
+            for layer, entries in zip(self.layers, cache.layers, strict=True):
+                x = layer(x, ctx, memory, entries)
+            cache.length += x.shape[1]
+        return x if self.final_norm is None else self.final_norm(x)
 
-    def _continue(
+    def _prelude(
         self,
         x: Tensor,
         padding_mask: Tensor | None,
-        memory: Tensor | None,
         memory_padding_mask: Tensor | None,
         position_ids: Tensor | None,
-        cache: StackCache,
-    ) -> Tensor:
-        """The forward of new tokens after the cached ones; the cache takes their keys and values."""
-        if position_ids is not None:
-            raise ValueError("with a cache, positions follow from the cache and the padding masks; drop position_ids")
-        offset, length = cache.length, x.shape[1]
-        positions = cache.positions(x, padding_mask)
+        cache: StackCache | None,
+    ) -> tuple[Tensor, AttentionContext]:
+        """The embeddings with positions, embedding norm and dropout, and the attention context of this forward."""
+        if cache is None:
+            positions = torch.arange(x.shape[1], device=x.device)
+            ctx = self_attention_context(
+                self.position,
+                positions,
+                causal=self.causal,
+                padding_mask=padding_mask,
+                windows=self.windows,
+                rope_positions=position_ids,
+            )
+            if position_ids is not None:
+                positions = position_ids
+        else:
+            if position_ids is not None:
+                raise ValueError(
+                    "with a cache, positions follow from the cache and the padding masks; drop position_ids"
+                )
+            positions = cache.positions(x, padding_mask)
+            ctx = cached_attention_context(
+                self.position,
+                offset=cache.length,
+                length=x.shape[1],
+                positions=positions,
+                key_mask=cache.key_mask,
+                windows=self.windows,
+            )
+        ctx.memory_mask = memory_mask(memory_padding_mask)
+        ctx.record = self.record
         x = self.position.embed(x, positions)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x = self.drop(x)
-        ctx = cached_attention_context(
-            self.position,
-            offset=offset,
-            length=length,
-            positions=positions,
-            key_mask=cache.key_mask,
-            windows=self.windows,
-        )
-        ctx.memory_mask = memory_mask(memory_padding_mask)
-        ctx.record = self.record
-        for layer, entries in zip(self.layers, cache.layers, strict=True):
-            x = layer(x, ctx, memory, entries)
-        cache.length = offset + length
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x
+        return self.drop(x), ctx
 
 
 class Transformer(nn.Module):
@@ -204,6 +199,7 @@ class Transformer(nn.Module):
         self._init_std = float(init_std)
         self._tie_embeddings = bool(tie_embeddings)
         self.spec = spec
+        self._aux_blocks: list[nn.Module] | None = None  # found on first use, once the stacks are in place
 
     @property
     def sizes(self) -> Mapping[str, Any]:
@@ -269,9 +265,26 @@ class Transformer(nn.Module):
                 f"{article} {self.topology} model reads input_ids (and attention_mask) only; it has no decoder inputs"
             )
 
+    def _reporting_aux_loss(self) -> list[nn.Module]:
+        """The blocks that report a load-balancing loss: those whose protocol says so, and (as before protocols
+        existed) any that holds a tensor ``aux_loss`` once built."""
+        if self._aux_blocks is None:
+            self._aux_blocks = [
+                m
+                for m in self.modules()
+                if m is not self
+                and (block_protocol(type(m)).aux_loss or isinstance(getattr(m, "aux_loss", None), Tensor))
+            ]
+        return self._aux_blocks
+
+    @property
+    def has_aux_loss(self) -> bool:
+        """Whether a block reports an auxiliary loss (a mixture of experts' load balancing)."""
+        return bool(self._reporting_aux_loss())
+
     def aux_loss(self) -> Tensor | None:
         """The sum of the load-balancing losses of the last forward's mixture-of-experts blocks, if any."""
-        losses = [m.aux_loss for m in self.modules() if isinstance(getattr(m, "aux_loss", None), Tensor)]
+        losses = [m.aux_loss for m in self._reporting_aux_loss() if isinstance(getattr(m, "aux_loss", None), Tensor)]
         return torch.stack(losses).sum() if losses else None
 
     def num_parameters(self) -> int:

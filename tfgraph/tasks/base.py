@@ -149,8 +149,7 @@ class Task(pl.LightningModule):
         """What the task logs as ``<stage>/<name>`` (``train``, ``val`` or ``test``)."""
         names = ["loss"] + (["perplexity"] if self.perplexity else [])
         if stage == "train":
-            has_aux = any(hasattr(m, "aux_loss") for m in self.model.modules() if m is not self.model)
-            return names + (["aux_loss"] if has_aux else [])
+            return names + (["aux_loss"] if self.model.has_aux_loss else [])
         for name, metric in self.metrics["val"].items():
             names += [] if name == "loss" else list(getattr(metric, "keys", (name,)))
         return names
