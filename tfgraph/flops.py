@@ -46,7 +46,7 @@ def model_info(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
         "params": model.num_parameters(),
         "flops_per_token": flops.per_token(""),
         "flops_seq_len": flops.seq_len,
-        "vocab_size": model.spec.sizes["vocab_size"],
+        "vocab_size": model.vocab_size,
     }
 
 
@@ -84,7 +84,7 @@ def count_flops(model: Transformer, model_cfg: Any, seq_len: int | None = None) 
         seq_len: the sequence length counted; None: ``min(model.max_len, MAX_LEN_COUNTED)``.
     """
     if seq_len is None:
-        seq_len = min(model.spec.sizes["max_len"], MAX_LEN_COUNTED)
+        seq_len = min(model.max_len, MAX_LEN_COUNTED)
     try:
         counts, idle = _count(model, seq_len)
     except Exception as err:
@@ -120,7 +120,7 @@ def _count(model: Transformer, seq_len: int) -> tuple[dict[str, int], list[str]]
         for name, module in watched.items()
     ]
     device = next(model.parameters()).device
-    ids = torch.randint(model.spec.sizes["vocab_size"], (1, seq_len)).to(device)
+    ids = torch.randint(model.vocab_size, (1, seq_len)).to(device)
     decoder_ids = {"decoder_input_ids": ids} if model.topology == "encoder_decoder" else {}
     counter = FlopCounterMode(display=False)
     was_training = model.training

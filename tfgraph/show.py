@@ -290,7 +290,7 @@ def render_text(model: Transformer, flops: FlopCount, name: str | None = None) -
     for text, item in rows:
         cells = "  ".join(get(item).rjust(w) for (_, get), w in zip(columns, widths, strict=True))
         lines.append((text.ljust(width) + cells).rstrip())
-    sizes = model.spec.sizes
+    sizes = model.sizes
     kv = f", {sizes['n_kv_heads']} key/value heads" if sizes["n_kv_heads"] != sizes["n_heads"] else ""
     lines += [
         "",
