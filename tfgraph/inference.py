@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Any, TextIO
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -21,50 +21,19 @@ from torch import Tensor, nn
 
 from tfgraph import decoding
 from tfgraph.attention_maps import attention_report
+from tfgraph.config import plain
 from tfgraph.data.tokenizers import KINDS, Tokenizer, build_tokenizer
 from tfgraph.decoding import Completion, generate_text
-from tfgraph.decoding.api import Strategy, check_settings
+from tfgraph.decoding.options import COMMAND_OPTIONS, COUNT, STRATEGIES, DecodingOptions, Strategy
 from tfgraph.decoding.text import token_defaults
 from tfgraph.models import build_model
-from tfgraph.registry import ConfigError, Finite, Positive, Problems, check_value, load_plugins, suggest
+from tfgraph.registry import ConfigError, Problems, check_value, load_plugins, suggest
 from tfgraph.tasks import CausalLM, Task, load_checkpoint, load_task, trust_options
-from tfgraph.train import plain
 
 GENERATIVE_TASKS = ("causal_lm", "seq2seq")
-STRATEGIES = ("greedy", "sample", "beam")
-# the decoding settings tfgraph-generate passes on when set (not null)
-DECODING_KEYS = (
-    "max_new_tokens",
-    "use_cache",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "num_return_sequences",
-)
-# what each setting of tfgraph-generate and tfgraph-attention that is a number or a flag must be, checked as the
-# registry checks block arguments: a command line gives text (Hydra reads max_new_tokens=abc as 'abc'); the
-# ranges of the decoding settings are tfgraph.decoding's own to check (check_settings)
-COUNT = Annotated[int, Positive]
-NUMBER = Annotated[float, Finite]
-SETTING_TYPES: dict[str, Any] = {
-    "max_new_tokens": COUNT,
-    "num_return_sequences": COUNT,
-    "num_beams": COUNT,
-    "top_k": COUNT,
-    "top": COUNT,
-    "temperature": NUMBER,
-    "top_p": NUMBER,
-    "min_p": NUMBER,
-    "repetition_penalty": NUMBER,
-    "length_penalty": NUMBER,
-    "seed": int,
-    "use_cache": bool,
-}
+# the settings of tfgraph-attention that are a number, checked as the registry checks block arguments (the decoding
+# keys of tfgraph-generate and their types are tfgraph.decoding's table: COMMAND_OPTIONS)
+ATTENTION_TYPES: dict[str, Any] = {"top": COUNT, "seed": int}
 DEVICES = "cpu, cuda, cuda:N, mps"
 
 
@@ -208,12 +177,12 @@ def generate_from_config(cfg: DictConfig, out: TextIO | None = None) -> list[lis
 
     try:
         completions = generate_text(
-            model, tokenizer, prompts, strategy=cfg.strategy, stream=stream if streams else None, **settings, **options
+            model, tokenizer, prompts, stream=stream if streams else None, **settings, **options
         )
     except ConfigError:
         raise
     except ValueError as err:
-        raise ConfigError([(_key_named_in(str(err)), str(err))]) from err
+        raise ConfigError.at(_key_named_in(str(err)), str(err)) from err
     if streams:
         write(head + "\n")
         return completions
@@ -234,26 +203,26 @@ def _prompts(cfg: DictConfig) -> list[str]:
     """The prompts of ``prompt`` (a text, or a list of them) or ``prompt_file`` (one a line), not both."""
     prompt, prompt_file = cfg.get("prompt"), cfg.get("prompt_file")
     if prompt is not None and prompt_file:
-        raise ConfigError([("prompt_file", "give either prompt or prompt_file, not both")])
+        raise ConfigError.at("prompt_file", "give either prompt or prompt_file, not both")
     if prompt_file:
         path = Path(prompt_file)
         if not path.is_file():
-            raise ConfigError([("prompt_file", f"no such file: {path}")])
+            raise ConfigError.at("prompt_file", f"no such file: {path}")
         prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not prompts:
-            raise ConfigError([("prompt_file", f"{path} holds no prompt (one a line)")])
+            raise ConfigError.at("prompt_file", f"{path} holds no prompt (one a line)")
         return prompts
     if isinstance(prompt, ListConfig):
         if not len(prompt):
-            raise ConfigError([("prompt", "an empty list of prompts")])
+            raise ConfigError.at("prompt", "an empty list of prompts")
         return [str(p) for p in prompt]
     return [str("" if prompt is None else prompt)]  # an empty prompt: a language model starts from <bos>
 
 
 def _decoding_options(cfg: DictConfig) -> dict[str, Any]:
-    """The decoding settings of a ``generate`` config that are set (not null), each checked before any model is
-    loaded: its type (:data:`SETTING_TYPES`), then its range and whether it applies to the strategy
-    (:func:`tfgraph.decoding.api.check_settings`, the checks of :func:`tfgraph.decoding.generate`), and the device.
+    """The decoding settings of a ``generate`` config that are set (not null), ``strategy`` among them, each checked
+    before any model is loaded: its type, then its range and whether it applies to the strategy (the table of
+    :mod:`tfgraph.decoding.options`, whose checks :func:`tfgraph.decoding.generate` makes too), and the device.
 
     Raises:
         tfgraph.ConfigError: every setting that cannot work, named by its key.
@@ -263,33 +232,34 @@ def _decoding_options(cfg: DictConfig) -> dict[str, Any]:
     if strategy not in STRATEGIES:
         known = f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}{suggest(str(strategy), STRATEGIES)}"
         problems.add("strategy", known)
-    _check_types(cfg, [*DECODING_KEYS, "seed"], problems, required=["max_new_tokens"])
+    types = {o.name: o.config for o in COMMAND_OPTIONS if o.config is not None}
+    _check_types(cfg, types, problems, required=[o.name for o in COMMAND_OPTIONS if o.required])
     problems.collect(_device, cfg)
-    options = {key: plain(cfg[key]) for key in DECODING_KEYS if cfg.get(key) is not None}
-    if strategy == "sample" and cfg.get("seed") is not None:
-        options["seed"] = cfg.seed  # greedy and beam draw nothing: a seed means nothing to them
+    options = {
+        o.name: plain(cfg[o.name])
+        for o in COMMAND_OPTIONS
+        if cfg.get(o.name) is not None and (strategy in o.applies or not o.quiet_elsewhere)
+    }
     if not problems:
-        try:
-            check_settings(strategy=strategy, **{key: value for key, value in options.items() if key != "use_cache"})
-        except ValueError as err:
-            problems.add(_key_named_in(str(err)), str(err))
+        for key, message in DecodingOptions(**options).problems():
+            problems.add(key, message)
     problems.raise_if_any()
     return options
 
 
-def _check_types(cfg: DictConfig, keys: Sequence[str], problems: Problems, *, required: Sequence[str] = ()) -> None:
-    """Add to ``problems`` each of ``keys`` that is set (or ``required``) but not of its type in
-    :data:`SETTING_TYPES` (``max_new_tokens=abc``: ``expected a positive integer, got 'abc'``)."""
-    for key in keys:
-        hint, value = SETTING_TYPES.get(key), plain(cfg.get(key))
-        wrong = check_value(value, hint) if hint and (value is not None or key in required) else None
+def _check_types(cfg: DictConfig, types: dict[str, Any], problems: Problems, *, required: Sequence[str] = ()) -> None:
+    """Add to ``problems`` each key of ``types`` that is set (or ``required``) but not of its type there
+    (``max_new_tokens=abc``: ``expected a positive integer, got 'abc'``)."""
+    for key, hint in types.items():
+        value = plain(cfg.get(key))
+        wrong = check_value(value, hint) if value is not None or key in required else None
         if wrong:
             problems.add(key, wrong)
 
 
 def _key_named_in(message: str) -> str:
     """The decoding key a message of :func:`tfgraph.decoding.generate` is about: the first one it names."""
-    found = [(m.start(), key) for key in DECODING_KEYS if (m := re.search(rf"\b{key}\b", message))]
+    found = [(m.start(), o.name) for o in COMMAND_OPTIONS if (m := re.search(rf"\b{o.name}\b", message))]
     if found:
         return min(found)[1]
     return "prompt" if "prompt" in message else ""
@@ -316,7 +286,7 @@ def attention_from_config(cfg: DictConfig) -> str:
     problems = Problems()  # every setting checked before a model is loaded or built
     if not _given(cfg, "text"):
         problems.add("text", "give the text to look at: text='time flies like an arrow'")
-    _check_types(cfg, ["top", "seed"], problems, required=["top", "seed"])
+    _check_types(cfg, ATTENTION_TYPES, problems, required=list(ATTENTION_TYPES))
     layers = problems.collect(_layers, cfg.layers)
     problems.collect(_device, cfg)
     problems.raise_if_any()
@@ -324,18 +294,15 @@ def attention_from_config(cfg: DictConfig) -> str:
     bos_first = False
     if cfg.get("model") is not None:
         if _given(cfg, "ckpt_path"):
-            raise ConfigError(
-                [("model", "give either ckpt_path (a trained model) or model (random weights), not both")]
-            )
+            raise ConfigError.at("model", "give either ckpt_path (a trained model) or model (random weights), not both")
         model, tokenizer = _random_model(cfg, text)
     else:
         task = _load_for(cfg, generative=False)
         model, tokenizer = task.model, task.tokenizer
         bos_first = task.name == "sequence_classification"  # its inputs start with <bos>, the pooled position
     ids = [tokenizer.bos_id] * bos_first + tokenizer.encode(text)
-    max_len = model.spec.sizes["max_len"]
-    if len(ids) > max_len:
-        raise ConfigError([("text", f"{len(ids)} tokens, more than the model's max_len ({max_len})")])
+    if len(ids) > model.max_len:
+        raise ConfigError.at("text", f"{len(ids)} tokens, more than the model's max_len ({model.max_len})")
     tokens = [tokenizer.decode([i], skip_special=False) for i in ids]
     device = next(model.parameters()).device
     try:
@@ -348,24 +315,18 @@ def attention_from_config(cfg: DictConfig) -> str:
             layers=layers,
         )
     except ValueError as err:
-        raise ConfigError([("layers", str(err))]) from err
+        raise ConfigError.at("layers", str(err)) from err
 
 
 def _random_model(cfg: DictConfig, text: str) -> tuple[nn.Module, Tokenizer]:
     """A preset's model with seeded random weights, and a tokenizer built from the text."""
     if cfg.tokenizer not in KINDS:
-        raise ConfigError([("tokenizer", f"expected one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")])
+        raise ConfigError.at("tokenizer", f"expected one of {', '.join(KINDS)}, got {cfg.tokenizer!r}")
     tokenizer = build_tokenizer(cfg.tokenizer, [text])
     vocab_size = cfg.model.vocab_size
     if tokenizer.vocab_size > vocab_size:
-        raise ConfigError(
-            [
-                (
-                    "model.vocab_size",
-                    f"{vocab_size} ids, fewer than the {cfg.tokenizer} tokenizer's {tokenizer.vocab_size}",
-                )
-            ]
-        )
+        message = f"{vocab_size} ids, fewer than the {cfg.tokenizer} tokenizer's {tokenizer.vocab_size}"
+        raise ConfigError.at("model.vocab_size", message)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(_device(cfg))
     return model, tokenizer
@@ -377,7 +338,7 @@ def _layers(layers: Any) -> list[int] | None:
         return None
     chosen = [layers] if isinstance(layers, int) else plain(layers)
     if not isinstance(chosen, list) or not chosen or not all(isinstance(i, int) for i in chosen):
-        raise ConfigError([("layers", f"expected all, a layer index or a list of them ([0,2]), got {layers!r}")])
+        raise ConfigError.at("layers", f"expected all, a layer index or a list of them ([0,2]), got {layers!r}")
     return chosen
 
 
@@ -390,7 +351,7 @@ def _load_for(cfg: DictConfig, *, generative: bool) -> Task:
         how = "tfgraph-generate ckpt_path=<run dir>/checkpoints/last.ckpt prompt=..."
         if not generative:
             how = "ckpt_path=<run dir>/checkpoints/last.ckpt, or model=<preset> for random weights"
-        raise ConfigError([("ckpt_path", f"which checkpoint? {how}")])
+        raise ConfigError.at("ckpt_path", f"which checkpoint? {how}")
     trust = trust_options(cfg)
     checkpoint = load_checkpoint(cfg.ckpt_path, **trust)
     name = checkpoint["tfgraph"]["task"]
@@ -399,7 +360,7 @@ def _load_for(cfg: DictConfig, *, generative: bool) -> Task:
         message = (
             f"{cfg.ckpt_path} is a {name} checkpoint, which does not generate text; tfgraph-generate takes {takes}"
         )
-        raise ConfigError([("ckpt_path", message)])
+        raise ConfigError.at("ckpt_path", message)
     return load_task(checkpoint, **trust, where=str(cfg.ckpt_path)).to(_device(cfg)).eval()
 
 
@@ -423,14 +384,14 @@ def _device(cfg: DictConfig) -> torch.device:
         device = None
     backend = getattr(torch, device.type, None) if device is not None else None  # torch.cpu, torch.cuda, torch.mps
     if device is None or not hasattr(backend, "device_count"):
-        raise ConfigError([("device", f"unknown device {name!r}: expected {DEVICES}")])
+        raise ConfigError.at("device", f"unknown device {name!r}: expected {DEVICES}")
     if device.type == "cpu":
         return device
     count = backend.device_count()
     if not count:
         how = "use device=cpu, or leave device unset (the GPU where there is one, else the CPU)"
-        raise ConfigError([("device", f"{name}, but PyTorch finds no {device.type} device here: {how}")])
+        raise ConfigError.at("device", f"{name}, but PyTorch finds no {device.type} device here: {how}")
     if device.index is not None and device.index >= count:
         have = f"{device.type}:0" + (f" to {device.type}:{count - 1}" if count > 1 else "")
-        raise ConfigError([("device", f"{name}, but this machine has {count} {device.type} device(s): {have}")])
+        raise ConfigError.at("device", f"{name}, but this machine has {count} {device.type} device(s): {have}")
     return device

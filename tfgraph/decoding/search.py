@@ -124,14 +124,10 @@ def beam_search(
     K = max(2, 1 + n_stop) * nb
     top_nb = torch.arange(K, device=device) < nb
     offsets = torch.arange(B, device=device)[:, None] * nb  # row of each input's first beam
-
     running = torch.full((B, nb, L), pad_id, dtype=torch.long, device=device)
     running_scores = torch.zeros(B, nb, device=device)
     running_scores[:, 1:] = -1e9  # the beams start identical: continue only the first at step 0
-    done = running.clone()
-    done_scores = torch.full((B, nb), -1e9, device=device)
-    done_length = torch.zeros(B, nb, dtype=torch.long, device=device)
-    done_flag = torch.zeros(B, nb, dtype=torch.bool, device=device)
+    finished = Hypotheses(B, nb, L, pad_id, device)
     improvable = torch.ones(B, dtype=torch.bool, device=device)
 
     for step in range(L):
@@ -155,22 +151,15 @@ def beam_search(
         source_beam = cand_beam.gather(1, keep)
 
         # stopped continuations among the first num_beams become hypotheses, if the input still takes any
-        full = done_flag.all(1) if early_stopping is True else torch.zeros_like(improvable)
+        full = finished.filled.all(1) if early_stopping is True else torch.zeros_like(improvable)
         new = hits & top_nb & (improvable & ~full)[:, None]
-        new_scores = (cand_scores / (step + 1) ** length_penalty).masked_fill(~new, -1e9)
-        merged = torch.cat((done_scores, new_scores), dim=1)
-        best = merged.topk(nb, dim=1).indices
-        done = torch.cat((done, cand_seqs), dim=1).gather(1, best[:, :, None].expand(B, nb, L))
-        done_scores = merged.gather(1, best)
-        done_length = torch.cat((done_length, torch.full_like(new, step + 1, dtype=torch.long)), dim=1).gather(1, best)
-        done_flag = torch.cat((done_flag, new), dim=1).gather(1, best)
+        finished.add(cand_seqs, new, cand_scores / (step + 1) ** length_penalty, length=step + 1)
 
         if last:
             break
         best_length = L if early_stopping == "never" and length_penalty > 0 else step + 1
-        best_running = running_scores[:, 0] / best_length**length_penalty
-        improvable = improvable & (~done_flag.all(1) | (best_running > done_scores.min(1).values))
-        if not bool(improvable.any()) or (early_stopping is True and bool(done_flag.all())) or bool(hits.all()):
+        improvable = improvable & finished.beatable(running_scores[:, 0] / best_length**length_penalty)
+        if not bool(improvable.any()) or (early_stopping is True and bool(finished.filled.all())) or bool(hits.all()):
             break
         index = (source_beam + offsets).view(-1)
         session.reorder(index)
@@ -178,10 +167,48 @@ def beam_search(
             penalty.reorder(index)
             penalty.add(running[:, :, step].view(-1))
         logits = session.step(running[:, :, step].view(-1))
+    return finished.best(num_return_sequences)
 
-    n = num_return_sequences
-    longest = int(done_length[:, :n].max())
-    return done[:, :n, :longest].reshape(B * n, longest), done_scores[:, :n].reshape(B * n)
+
+class Hypotheses:
+    """The best ``num_beams`` finished hypotheses of each input of a beam search so far, best first.
+
+    Attributes:
+        tokens: [B, num_beams, L] their tokens (``pad`` after the end, and in empty slots).
+        scores: [B, num_beams] their length-normalised scores (-1e9 in empty slots).
+        length: [B, num_beams] their lengths.
+        filled: [B, num_beams] which slots hold a hypothesis.
+    """
+
+    def __init__(self, batch_size: int, num_beams: int, max_new_tokens: int, pad_id: int, device: torch.device) -> None:
+        B, nb, L = batch_size, num_beams, max_new_tokens
+        self.tokens = torch.full((B, nb, L), pad_id, dtype=torch.long, device=device)
+        self.scores = torch.full((B, nb), -1e9, device=device)
+        self.length = torch.zeros(B, nb, dtype=torch.long, device=device)
+        self.filled = torch.zeros(B, nb, dtype=torch.bool, device=device)
+
+    def add(self, candidates: Tensor, new: Tensor, scores: Tensor, *, length: int) -> None:
+        """Take the ``candidates`` [B, K, L] where ``new`` [B, K] is set, scored ``scores`` [B, K], each ``length``
+        tokens long, keeping the best ``num_beams`` of each input."""
+        B, nb, L = self.tokens.shape
+        merged = torch.cat((self.scores, scores.masked_fill(~new, -1e9)), dim=1)
+        best = merged.topk(nb, dim=1).indices
+        self.tokens = torch.cat((self.tokens, candidates), dim=1).gather(1, best[:, :, None].expand(B, nb, L))
+        self.scores = merged.gather(1, best)
+        lengths = torch.full_like(new, length, dtype=torch.long)
+        self.length = torch.cat((self.length, lengths), dim=1).gather(1, best)
+        self.filled = torch.cat((self.filled, new), dim=1).gather(1, best)
+
+    def beatable(self, best_running: Tensor) -> Tensor:
+        """[B] whether an input still takes a better hypothesis: a free slot, or ``best_running`` [B] (the best
+        score a live beam can still reach) above its worst."""
+        return ~self.filled.all(1) | (best_running > self.scores.min(1).values)
+
+    def best(self, n: int) -> tuple[Tensor, Tensor]:
+        """The ``n`` best per input: tokens [B * n, N] (``N`` the longest of them) and scores [B * n]."""
+        B = self.tokens.shape[0]
+        longest = int(self.length[:, :n].max())
+        return self.tokens[:, :n, :longest].reshape(B * n, longest), self.scores[:, :n].reshape(B * n)
 
 
 def _is_stop(tokens: Tensor, stop_ids: Tensor | None) -> Tensor:

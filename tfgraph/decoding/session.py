@@ -61,6 +61,7 @@ class Session:
         expand: int = 1,
     ) -> None:
         self.model = model
+        self.device = input_ids.device
         self.use_cache = use_cache
         self.encoder_decoder = model.topology == "encoder_decoder"
         if self.encoder_decoder:

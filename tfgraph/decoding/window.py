@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tfgraph.decoding.api import GenerateOutput, generate, stop_tokens
+from tfgraph.decoding.api import GenerateOutput, generate, random_generator, stop_tokens
+from tfgraph.decoding.options import STEPWISE, DecodingOptions
 
 
 def generate_windowed(
@@ -55,8 +56,7 @@ def generate_windowed(
             (an encoder-decoder, several rows, beam search, several sequences), or any setting
             :func:`~tfgraph.decoding.generate` refuses.
     """
-    max_len = int(model.spec.sizes["max_len"])
-    limit = max_len if context is None else min(context, max_len)
+    limit = model.max_len if context is None else min(context, model.max_len)
     needed = max_new_tokens + (input_ids.shape[1] if model.topology == "decoder_only" else 0)
     if needed <= limit or model.topology != "decoder_only":
         return generate(
@@ -69,33 +69,35 @@ def generate_windowed(
             generator=generator,
             **options,
         )
-    strategy = options.get("strategy", "greedy")
-    one_sequence = input_ids.shape[0] == 1 and options.get("num_return_sequences", 1) == 1
-    if not one_sequence or strategy not in ("greedy", "sample") or limit < 2:
+    chosen = DecodingOptions(max_new_tokens=max_new_tokens, **options)
+    one_sequence = input_ids.shape[0] == 1 and chosen.num_return_sequences == 1
+    if not one_sequence or chosen.strategy not in STEPWISE or limit < 2:
         raise ValueError(
             f"prompt length plus max_new_tokens ({needed}) exceeds the model's context ({limit} tokens); a "
             "generation that long runs in chunks of one sequence (one prompt, strategy 'greedy' or 'sample', "
             "num_return_sequences=1, a context of at least 2 tokens)"
         )
-    if strategy == "sample" and generator is None:  # one generator for all the chunks
-        generator = torch.Generator(device=input_ids.device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        seed = None
-    stop_ids = stop_tokens(options.get("eos_token_id"))
+    if chosen.strategy == "sample" and generator is None:  # one generator for all the chunks
+        generator, seed = random_generator(seed, None, input_ids.device), None
+    row = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
+    return _in_chunks(
+        model, row, max_new_tokens, limit=limit, streamer=streamer, seed=seed, generator=generator, **options
+    )
 
-    sequence = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
+
+def _in_chunks(
+    model: nn.Module, sequence: Tensor, max_new_tokens: int, *, limit: int, **options: Any
+) -> GenerateOutput:
+    """Continue one row (``sequence``: [T] its tokens) by ``max_new_tokens`` in chunks: each from the sequence's
+    last ``limit // 2`` tokens once it holds ``limit`` (from all of it before), until the stop token or the end."""
+    stop_ids = stop_tokens(options.get("eos_token_id"))
     new_tokens: list[Tensor] = []
     logits: list[Tensor] = []
     remaining = max_new_tokens
     while remaining > 0:
         window = sequence[-max(limit // 2, 1) :] if len(sequence) >= limit else sequence
         steps = min(remaining, limit - len(window))
-        out = generate(
-            model, window[None], max_new_tokens=steps, streamer=streamer, seed=seed, generator=generator, **options
-        )
+        out = generate(model, window[None], max_new_tokens=steps, **options)
         chunk = out.sequences[0]
         new_tokens.append(chunk)
         if out.logits is not None:
