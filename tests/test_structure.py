@@ -124,3 +124,69 @@ def test_the_block_protocol_is_read_once_at_registration() -> None:
         @tfgraph.register("op", "typo_test_only")
         class Typo(nn.Module):
             needs = ("contex",)
+
+
+BLOCKED_IMPORT = """
+import importlib.abc
+import sys
+
+BLOCKED = ("hydra", "omegaconf", "pytorch_lightning", "lightning")
+
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+
+sys.meta_path.insert(0, Block())
+import tfgraph.blocks, tfgraph.graph, tfgraph.models  # noqa: E401
+
+import torch
+
+model = tfgraph.models.build_model(CONFIG)
+logits = model(torch.randint(CONFIG["vocab_size"], (2, 5)))
+assert logits.shape == (2, 5, CONFIG["vocab_size"]), logits.shape
+assert tfgraph.build_model is tfgraph.models.build_model and issubclass(tfgraph.ConfigError, ValueError)
+try:
+    tfgraph.models.build_model({**CONFIG, "d_model": -1})
+except tfgraph.ConfigError as err:
+    assert "model.d_model" in str(err), err
+else:
+    raise AssertionError("a bad config built")
+try:
+    tfgraph.compose
+except ImportError:
+    pass  # composing needs Hydra, and says so
+else:
+    raise AssertionError("compose without Hydra")
+loaded = [name for name in sys.modules if name.split(".")[0] in BLOCKED]
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_blocks_graph_and_models_import_and_build_without_hydra_omegaconf_or_lightning() -> None:
+    import subprocess
+    import sys
+
+    script = f"CONFIG = {TINY!r}\n" + BLOCKED_IMPORT
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_the_registry_imports_no_block() -> None:
+    import ast
+    from pathlib import Path
+
+    source = Path(tfgraph.registry.__file__).read_text(encoding="utf-8")
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    ]
+    assert not [name for name in imported if name and name.startswith("tfgraph")]
+    assert 'import_module("tfgraph' not in source  # nor at run time

@@ -6,6 +6,11 @@ A block is a plain ``nn.Module`` registered under a kind and a name::
     class MyNorm(nn.Module):
         def __init__(self, *, d_model: int, eps: float = 1e-6) -> None: ...
 
+The registry imports no block: a block registers when its module is imported. ``import tfgraph`` imports
+:mod:`tfgraph.blocks` (the built-ins), a config's ``plugins`` list and the ``tfgraph.plugins`` entry points (read
+on the first lookup) bring the rest. How the graph calls a block (the context and cache it takes, the auxiliary
+loss it reports) is read from its class once, when it registers: see :class:`BlockProtocol`.
+
 Model-level sizes (``d_model``, ``n_heads``, ...) reach a block by constructor parameter name; a block's
 own config carries only what is its own. Binding is strict: unknown keys, missing arguments and wrong
 types are collected into a :class:`Problems` list, each with its config path, and raised together as one
@@ -315,13 +320,13 @@ def _qualname(cls: type) -> str:
 
 def names(kind: str) -> list[str]:
     """The registered names of one kind, sorted."""
-    _ensure_builtins()
+    load_entry_point_plugins()
     return sorted(_REGISTRY[kind])
 
 
 def lookup(kind: str, name: Any, path: str, problems: Problems) -> type | None:
     """The block class registered as ``kind``/``name``, or ``None`` with a problem recorded at ``path``."""
-    _ensure_builtins()
+    load_entry_point_plugins()
     if not isinstance(name, str) or not name:
         problems.add(path, f"expected the name of a registered {kind} block, got {name!r}")
         return None
@@ -490,16 +495,7 @@ def _describe(hint: Any, *, constraints: bool = False) -> str:
 
 # ----------------------------------------------------------------------------------------------- plugins
 
-_builtins_loaded = False
 _entry_points_loaded = False
-
-
-def _ensure_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        importlib.import_module("tfgraph.blocks")
-        load_entry_point_plugins()
 
 
 def load_entry_point_plugins() -> None:
@@ -512,13 +508,9 @@ def load_entry_point_plugins() -> None:
         try:
             ep.load()
         except Exception as err:  # a broken plugin must say which one it is
-            raise ConfigError(
-                [
-                    (
-                        "",
-                        f"plugin entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} failed to import: {err}",
-                    )
-                ]
+            raise ConfigError.at(
+                "",
+                f"plugin entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} failed to import: {err}",
             ) from err
 
 
@@ -529,7 +521,7 @@ def load_plugins(modules: Any, path: str = "plugins") -> None:
     if isinstance(modules, str):
         modules = [modules]
     if not isinstance(modules, Sequence):
-        raise ConfigError([(path, f"expected a list of module names, got {modules!r}")])
+        raise ConfigError.at(path, f"expected a list of module names, got {modules!r}")
     problems = Problems()
     for i, module in enumerate(modules):
         if not isinstance(module, str):

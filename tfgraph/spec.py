@@ -7,12 +7,10 @@ the first problem does not stop the check, so one :class:`~tfgraph.registry.Conf
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
-
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from tfgraph.graph import SLOTS, GraphSpec, Part, parse_graph
 from tfgraph.registry import (
@@ -86,24 +84,37 @@ class ModelSpec:
 
 
 def to_container(cfg: Any, path: str = "model") -> dict[str, Any]:
-    """The model config as plain, resolved Python containers."""
-    if isinstance(cfg, DictConfig):
-        try:
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        except OmegaConfBaseException as err:
-            raise ConfigError([(path, f"could not resolve the config: {err}")]) from err
+    """The model config as plain, resolved Python containers (from a DictConfig, or a dict that holds nodes)."""
+    omegaconf = _omegaconf()
+    if omegaconf is not None and isinstance(cfg, omegaconf.DictConfig):
+        cfg = _resolve(cfg, path)
     if not isinstance(cfg, Mapping):
-        raise ConfigError([(path, f"expected a model config mapping, got {type(cfg).__name__}")])
+        raise ConfigError.at(path, f"expected a model config mapping, got {type(cfg).__name__}")
     return {key: _plain(value, f"{path}.{key}") for key, value in cfg.items()}
+
+
+def _omegaconf() -> Any:
+    """OmegaConf's module if it is imported, else None: a config node exists only then, and a plain dict config
+    needs no OmegaConf (nor Hydra) installed."""
+    return sys.modules.get("omegaconf")
+
+
+def _resolve(node: Any, path: str) -> Any:
+    """An OmegaConf node as plain containers, its interpolations resolved."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError.at(path, f"could not resolve the config: {err}") from err
 
 
 def _plain(value: Any, path: str) -> Any:
     """A value of a model config with any OmegaConf node in it (``{**cfg.model, "vocab_size": 89}``) made plain."""
-    if OmegaConf.is_config(value):
-        try:
-            return OmegaConf.to_container(value, resolve=True)
-        except OmegaConfBaseException as err:
-            raise ConfigError([(path, f"could not resolve the config: {err}")]) from err
+    omegaconf = _omegaconf()
+    if omegaconf is not None and omegaconf.OmegaConf.is_config(value):
+        return _resolve(value, path)
     if isinstance(value, Mapping):
         return {key: _plain(item, f"{path}.{key}") for key, item in value.items()}
     if isinstance(value, (list, tuple)):
