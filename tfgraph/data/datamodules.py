@@ -268,11 +268,19 @@ class ExamplesDataModule(pl.LightningDataModule):
         """Prepare the data once, or find it prepared (Lightning calls this on the first process only)."""
         self._prepare()
 
+    def prepare_and_open(self) -> tuple[Path, dict[str, Any]]:
+        """Prepare the data (or find it prepared) and set it up: the prepared folder and its ``meta.json``."""
+        self.setup()
+        return self._prepare()
+
     def _prepare(self) -> tuple[Path, dict[str, Any]]:
         if self.prepared_dir is not None and self._meta is not None:
             return self.prepared_dir, self._meta
         self.check_files()
         settings = {key: value for key, value in self.settings.items() if key not in NOT_IN_KEY}
+        for key in checks.PATH_KEYS:  # a relative path and the absolute one a run makes of it share one key
+            if isinstance(settings.get(key), str):
+                settings[key] = os.path.abspath(os.path.expanduser(settings[key]))
         key = store.cache_key([type(self).__name__, settings, store.file_stats(self.source_files())])
         folder = self.cache_root() / f"{_SAFE.sub('_', self.name)}-{key}"
         meta = store.prepared(folder, key, self._build)

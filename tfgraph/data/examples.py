@@ -235,7 +235,7 @@ def collect_labels(splits: dict[str, Sequence[Sequence[str]]], given: Sequence[s
 
 
 ENCODE_BATCH = 1024  # examples per encode_batch call while writing
-TEXT_BATCH_CHARS = 1 << 22  # characters of text per encode_batch call while writing a text split
+TEXT_BATCH_CHARS = 1 << 20  # characters of text per encode_batch call while writing a text split
 
 
 class Examples(ABC):

@@ -90,7 +90,7 @@ def read_text(path: str | Path) -> list[str]:
 
 
 BOM = b"\xef\xbb\xbf"
-BLOCK_CHARS = 1 << 20  # a TextPiece is read in blocks of about this many characters, cut at line ends
+BLOCK_CHARS = 1 << 16  # a TextPiece is read in blocks of about this many characters, cut at line ends
 
 
 def iter_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, str]]:

@@ -221,7 +221,8 @@ class HFTokenizer(Tokenizer):
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+        encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)  # fast: no offsets (tokenizers 0.21+)
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
