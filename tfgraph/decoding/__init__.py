@@ -4,8 +4,9 @@
     out = generate(model, input_ids, max_new_tokens=32, strategy="sample", top_p=0.9, seed=0)
     out.sequences  # [B, N] new tokens
 
-See :func:`generate`; the loops are in :mod:`tfgraph.decoding.search`, the score processing in
-:mod:`tfgraph.decoding.logits`, and what feeds the model in :mod:`tfgraph.decoding.session`.
+See :func:`generate`; its settings are one table, :class:`DecodingOptions` (:mod:`tfgraph.decoding.options`: each
+setting's default, the strategies it applies to and its checks), the loops are in :mod:`tfgraph.decoding.search`,
+the score processing in :mod:`tfgraph.decoding.logits`, and what feeds the model in :mod:`tfgraph.decoding.session`.
 :func:`generate_windowed` goes on past the model's context (:mod:`tfgraph.decoding.window`), and
 :func:`generate_text` takes and returns text (:mod:`tfgraph.decoding.text`).
 """
@@ -13,15 +14,18 @@ See :func:`generate`; the loops are in :mod:`tfgraph.decoding.search`, the score
 from tfgraph.decoding.api import GenerateOutput, generate
 from tfgraph.decoding.cpu import onednn_linear
 from tfgraph.decoding.logits import min_p_filter, repetition_penalty, sampling_scores, top_k_filter, top_p_filter
+from tfgraph.decoding.options import DecodingOptions, check_settings
 from tfgraph.decoding.session import Session, left_padding_positions, pad_prompts
 from tfgraph.decoding.text import Completion, TextStreamer, generate_text
 from tfgraph.decoding.window import generate_windowed
 
 __all__ = [
     "Completion",
+    "DecodingOptions",
     "GenerateOutput",
     "Session",
     "TextStreamer",
+    "check_settings",
     "generate",
     "generate_text",
     "generate_windowed",

@@ -1,4 +1,8 @@
-"""``generate``: greedy decoding, sampling and beam search for decoder-only and encoder-decoder models."""
+"""``generate``: greedy decoding, sampling and beam search for decoder-only and encoder-decoder models.
+
+Its keywords are the table of :mod:`tfgraph.decoding.options`, checked there once per call; what runs each step is
+in :mod:`tfgraph.decoding.search`.
+"""
 
 from __future__ import annotations
 

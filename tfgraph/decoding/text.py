@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 
 from tfgraph.decoding.api import stop_tokens
+from tfgraph.decoding.options import DecodingOptions
 from tfgraph.decoding.session import pad_prompts
 from tfgraph.decoding.window import generate_windowed
 
@@ -136,11 +137,8 @@ def generate_text(
 
     streamer = None
     if stream is not None:
-        if (
-            len(prompts) != 1
-            or options.get("strategy", "greedy") == "beam"
-            or options.get("num_return_sequences", 1) > 1
-        ):
+        chosen = DecodingOptions(max_new_tokens=max_new_tokens, **options)
+        if len(prompts) != 1 or chosen.strategy == "beam" or chosen.num_return_sequences > 1:
             raise ValueError("streaming needs one prompt, strategy 'greedy' or 'sample' and one sequence")
         streamer = TextStreamer(tokenizer, stream, prefixes[0] if continues else ())
     out = generate_windowed(
