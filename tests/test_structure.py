@@ -190,3 +190,40 @@ def test_the_registry_imports_no_block() -> None:
     ]
     assert not [name for name in imported if name and name.startswith("tfgraph")]
     assert 'import_module("tfgraph' not in source  # nor at run time
+
+
+def test_a_variant_takes_its_parents_arguments_without_repeating_them() -> None:
+    import inspect
+
+    from tfgraph.blocks.attention import MultiHeadAttention, SlidingWindowAttention
+    from tfgraph.registry import Problems, bind
+
+    parent = list(inspect.signature(MultiHeadAttention.__init__).parameters)
+    assert list(inspect.signature(SlidingWindowAttention.__init__).parameters) == [*parent, "window"]
+    problems = Problems()
+    kwargs = bind(
+        SlidingWindowAttention,
+        {"window": 0, "bias": 1},
+        context={"d_model": 16, "n_heads": 2},
+        path="model.attention",
+        problems=problems,
+    )
+    assert dict(problems.items) == {
+        "model.attention.window": "expected an integer >= 1, got 0",
+        "model.attention.bias": "attention block 'sliding_window' (SlidingWindowAttention) expects true or false, got 1",
+    }
+    assert "softmax_scale" in kwargs and "n_kv_heads" in kwargs
+    block = SlidingWindowAttention(d_model=16, n_heads=2, window=3, qk_norm=True)
+    assert block.window == 3 and block.q_norm is not None
+
+
+def test_recording_replaces_attend_only_while_it_records() -> None:
+    from tfgraph.attention_maps import recording
+
+    model = tfgraph.build_model(TINY)
+    attention = model.decoder.layers[0].attn
+    with recording(model) as weights:
+        assert "attend" in vars(attention)
+        model(torch.randint(40, (1, 4)))
+    assert "attend" not in vars(attention)
+    assert list(weights) == ["decoder.layers.0.attn", "decoder.layers.1.attn"]

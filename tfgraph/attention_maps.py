@@ -1,8 +1,9 @@
 """Attention inspection: the weights of every attention block for an input, heatmaps, and what each token reads.
 
-The normal forward is untouched: a stack's ``record`` slot is ``None``, and attention blocks call SDPA. While
-:func:`attention_weights` runs, the slot holds a dict, and each attention block computes ``softmax(q k^T * scale +
-mask)`` explicitly (the same output as SDPA) and stores the weights there.
+The attention blocks know nothing of it: they score through their ``attend`` method (SDPA; see
+:class:`~tfgraph.blocks.attention.ScaledDotProductAttention`). While :func:`recording` runs, it replaces that method
+on each attention block of the model by :func:`recorded_attention`, which computes ``softmax(q k^T * scale + mask)``
+explicitly (the same output as SDPA) and keeps the weights; on exit the blocks' own method is back.
 
     weights = attention_weights(model, input_ids)          # {"decoder.layers.0.attn": [B, H, Tq, Tk], ...}
     attention_map(model, input_ids, layer=3, head=5)         # [B, Tq, Tk]
@@ -11,14 +12,45 @@ mask)`` explicitly (the same output as SDPA) and stores the weights there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from tfgraph.models.transformer import Stack
+from tfgraph.blocks.attention import ScaledDotProductAttention
+
+
+def recorded_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool, scale: float | None
+) -> tuple[Tensor, Tensor]:
+    """What ``F.scaled_dot_product_attention`` computes (without dropout), with the weights made explicit.
+
+    ``weights = softmax(q k^T * scale + mask)``; the causal mask of ``is_causal`` aligns the top-left corner as in SDPA.
+
+    Args:
+        q: [B, H, Tq, hd].
+        k: [B, H_kv, Tk, hd]; ``H_kv`` divides ``H`` (grouped heads are repeated).
+        v: [B, H_kv, Tk, hd].
+        mask: ``None``, a boolean mask (True = may attend) or an additive one, broadcastable to [B, H, Tq, Tk].
+        is_causal: mask keys after each query.
+        scale: the score scale; ``None`` = ``1 / sqrt(hd)``.
+
+    Returns:
+        The output [B, H, Tq, hd] and the weights [B, H, Tq, Tk].
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if is_causal:
+        later = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(later, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
 
 
 @contextmanager
@@ -28,18 +60,27 @@ def recording(model: nn.Module) -> Iterator[dict[str, Tensor]]:
     When the block exits, the dict yielded holds each attention block's weights under its module name
     (``decoder.layers.0.attn``), ``[B, H, Tq, Tk]``; of several forwards, the last one's.
     """
-    stacks = [m for m in model.modules() if isinstance(m, Stack)]
-    names = {module: name for name, module in model.named_modules()}
+    blocks = {m: name for name, m in model.named_modules() if isinstance(m, ScaledDotProductAttention)}
     by_module: dict[nn.Module, Tensor] = {}
     named: dict[str, Tensor] = {}
-    for stack in stacks:
-        stack.record = by_module
+    for block in blocks:
+        block.attend = _recorder(block, by_module)  # an instance attribute: it hides the class's method
     try:
         yield named
     finally:
-        for stack in stacks:
-            stack.record = None
-        named.update({names[module]: weights for module, weights in by_module.items()})
+        for block in blocks:
+            del block.attend
+        named.update({blocks[block]: weights for block, weights in by_module.items()})
+
+
+def _recorder(block: ScaledDotProductAttention, into: dict[nn.Module, Tensor]) -> Callable[..., Tensor]:
+    """An ``attend`` for ``block`` that computes the weights explicitly and keeps them in ``into[block]``."""
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool = False) -> Tensor:
+        y, into[block] = recorded_attention(q, k, v, mask, is_causal=is_causal, scale=block.softmax_scale)
+        return y
+
+    return attend
 
 
 @torch.no_grad()

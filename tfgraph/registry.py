@@ -425,6 +425,47 @@ def bind(
     return kwargs
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def extend_arguments(base: Callable[..., Any]) -> Callable[[_F], _F]:
+    """Decorator for a variant's ``__init__`` that adds arguments to its parent's instead of repeating them.
+
+    The variant takes its own keyword arguments and ``**arguments`` for the parent's; its signature (what
+    :func:`bind`, ``tfgraph-show`` and ``help()`` read) becomes the parent's keyword arguments followed by its own,
+    with their type hints and constraints::
+
+        @register("attention", "sliding_window")
+        class SlidingWindowAttention(MultiHeadAttention):
+            @extend_arguments(MultiHeadAttention.__init__)
+            def __init__(self, *, window: Annotated[int, AtLeast(1)] = 4096, **arguments: Any) -> None:
+                super().__init__(**arguments)
+                self.window = window
+
+    Args:
+        base: the parent's ``__init__``.
+    """
+
+    def decorate(init: _F) -> _F:
+        own_signature = inspect.signature(init)
+        own = [p for p in own_signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        hints = {**typing.get_type_hints(base, include_extras=True), **typing.get_type_hints(init, include_extras=True)}
+        inherited = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for name, p in inspect.signature(base).parameters.items()
+            if name != "self"
+            and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            and name not in {q.name for q in own}
+        ]
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in (*inherited, *own)]
+        self_param = next(iter(own_signature.parameters.values()))
+        init.__signature__ = own_signature.replace(parameters=[self_param, *params], return_annotation=None)
+        init.__annotations__ = {**{p.name: p.annotation for p in params}, "return": None}
+        return init
+
+    return decorate
+
+
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:
     sig = inspect.signature(cls.__init__)
     return {

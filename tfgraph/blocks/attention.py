@@ -10,7 +10,7 @@ preallocated :class:`~tfgraph.blocks.context.KVCache`; cross-attention projects 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from tfgraph.blocks.context import AttentionContext, KVCache, MemoryKV
 from tfgraph.blocks.position import apply_rotary
-from tfgraph.registry import AtLeast, Positive, Probability, register
+from tfgraph.registry import AtLeast, Positive, Probability, extend_arguments, register
 
 
 def _head_sizes(name: str, d_model: int, n_heads: int, n_kv_heads: int | None) -> tuple[int, int]:
@@ -52,39 +52,39 @@ def _as_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
     return mask.to(like.dtype)
 
 
-def recorded_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool, scale: float | None
-) -> tuple[Tensor, Tensor]:
-    """What ``F.scaled_dot_product_attention`` computes (without dropout), with the weights made explicit.
+class ScaledDotProductAttention(nn.Module):
+    """What the attention blocks share: scoring queries against keys with ``F.scaled_dot_product_attention``.
 
-    ``weights = softmax(q k^T * scale + mask)``; the causal mask of ``is_causal`` aligns the top-left corner as in SDPA.
-
-    Args:
-        q: [B, H, Tq, hd].
-        k: [B, H_kv, Tk, hd]; ``H_kv`` divides ``H`` (grouped heads are repeated).
-        v: [B, H_kv, Tk, hd].
-        mask: ``None``, a boolean mask (True = may attend) or an additive one, broadcastable to [B, H, Tq, Tk].
-        is_causal: mask keys after each query.
-        scale: the score scale; ``None`` = ``1 / sqrt(hd)``.
-
-    Returns:
-        The output [B, H, Tq, hd] and the weights [B, H, Tq, Tk].
+    Subclasses set ``n_heads``, ``n_kv_heads``, ``dropout`` and ``softmax_scale`` and call :meth:`attend` with their
+    projected heads. :func:`tfgraph.attention_maps.recording` replaces :meth:`attend` on an instance while it
+    records, so the blocks' own code never knows.
     """
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
-    if is_causal:
-        later = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(later, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    weights = scores.softmax(dim=-1)
-    return weights @ v, weights
+
+    n_heads: int
+    n_kv_heads: int
+    dropout: float
+    softmax_scale: float | None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool = False) -> Tensor:
+        """``softmax(q k^T * scale + mask) v``: q [B, H, Tq, hd], k and v [B, H_kv, Tk, hd] -> [B, H, Tq, hd].
+
+        ``mask`` is ``None``, a boolean mask (True = may attend) or an additive one in ``q``'s dtype; ``is_causal``
+        (with no mask) masks keys after each query. Dropout on the weights while training.
+        """
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+            scale=self.softmax_scale,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
 
 
 @register("attention", "multihead")
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(ScaledDotProductAttention):
     """Multi-head self-attention with grouped key/value heads (MHA, GQA or MQA).
 
     ``n_kv_heads`` key/value heads are shared by groups of ``n_heads // n_kv_heads`` query heads: ``None`` or
@@ -146,20 +146,7 @@ class MultiHeadAttention(nn.Module):
             if start:
                 k, v = k[:, :, start:], v[:, :, start:]
         mask = _as_mask(ctx.masks[self.window], q)
-        is_causal = mask is None and ctx.is_causal
-        if ctx.record is not None:
-            y, ctx.record[self] = recorded_attention(q, k, v, mask, is_causal=is_causal, scale=self.softmax_scale)
-            return self.out(_merge_heads(y))
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            scale=self.softmax_scale,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # [B, H, T, hd]
+        y = self.attend(q, k, v, mask, is_causal=mask is None and ctx.is_causal)  # [B, H, T, hd]
         return self.out(_merge_heads(y))
 
 
@@ -172,44 +159,21 @@ class SlidingWindowAttention(MultiHeadAttention):
     block only names its window.
 
     Args:
-        d_model: model width; ``head_dim = d_model // n_heads``.
-        n_heads: number of query heads.
-        n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
-        dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
-        bias: whether the projections have biases.
-        qk_norm: RMS-normalise q and k over ``head_dim`` before rotary and scoring.
-        softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)``.
         window: how many positions (the token's own included) a token attends to; positive.
+        **arguments: every argument of :class:`MultiHeadAttention` (``d_model``, ``n_heads``, ``n_kv_heads``,
+            ``dropout``, ``bias``, ``qk_norm``, ``softmax_scale``); the signature lists them all.
     """
 
-    def __init__(
-        self,
-        *,
-        d_model: int,
-        n_heads: int,
-        n_kv_heads: int | None = None,
-        dropout: Annotated[float, Probability] = 0.0,
-        bias: bool = True,
-        qk_norm: bool = False,
-        softmax_scale: Annotated[float, Positive] | None = None,
-        window: Annotated[int, AtLeast(1)] = 4096,
-    ) -> None:
-        super().__init__(
-            d_model=d_model,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            dropout=dropout,
-            bias=bias,
-            qk_norm=qk_norm,
-            softmax_scale=softmax_scale,
-        )
+    @extend_arguments(MultiHeadAttention.__init__)
+    def __init__(self, *, window: Annotated[int, AtLeast(1)] = 4096, **arguments: Any) -> None:
+        super().__init__(**arguments)
         if window <= 0:
             raise ValueError(f"{type(self).__name__}: window must be positive, got {window}")
         self.window = window
 
 
 @register("attention", "cross")
-class CrossAttention(nn.Module):
+class CrossAttention(ScaledDotProductAttention):
     """Attention from the decoder's tokens (queries) to the encoder's output (keys and values).
 
     Never causal and without rotary: the memory has no position relative to the queries. Padded memory positions
@@ -272,17 +236,5 @@ class CrossAttention(nn.Module):
             if cache.k is None:
                 cache.k, cache.v = self.memory_kv(memory)
             k, v = cache.k, cache.v
-        mask = _as_mask(ctx.memory_mask, q)
-        if ctx.record is not None:
-            y, ctx.record[self] = recorded_attention(q, k, v, mask, is_causal=False, scale=self.softmax_scale)
-            return self.out(_merge_heads(y))
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=self.softmax_scale,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )  # [B, H, Tq, hd]
+        y = self.attend(q, k, v, _as_mask(ctx.memory_mask, q))  # [B, H, Tq, hd]
         return self.out(_merge_heads(y))

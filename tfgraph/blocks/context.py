@@ -40,8 +40,6 @@ class AttentionContext:
             ``offset .. offset + Tq - 1`` and the keys slots ``key_start[window] .. offset + Tq - 1``.
         key_start: with a KV cache, per window, the first cached slot any query of this call may see (the masks
             of that window start there too). Unused without a cache.
-        record: when not ``None``, attention blocks compute their weights explicitly and store them here,
-            ``record[block] = [B, H, Tq, Tk]`` (see :mod:`tfgraph.attention_maps`).
     """
 
     masks: dict[int | None, Tensor | None] = field(default_factory=lambda: {None: None})
@@ -50,7 +48,6 @@ class AttentionContext:
     memory_mask: Tensor | None = None
     offset: int = 0
     key_start: dict[int | None, int] = field(default_factory=dict)
-    record: dict[nn.Module, Tensor] | None = None
 
 
 class Position(nn.Module):

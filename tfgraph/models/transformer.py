@@ -52,10 +52,6 @@ class Stack(nn.Module):
     Without a cache, tokens are slots ``0 .. T-1`` and, unless ``position_ids`` says otherwise (left padding),
     at those positions. With a cache (from :meth:`new_cache`), ``x`` holds only the new tokens, which continue
     after the cached ones; ``padding_mask`` then covers the new tokens only.
-
-    Attributes:
-        record: ``None``, or a dict into which every attention block stores its weights on each forward
-            (set by :func:`tfgraph.attention_maps.attention_weights`).
     """
 
     def __init__(
@@ -76,7 +72,6 @@ class Stack(nn.Module):
         self.final_norm = final_norm
         self.causal = causal
         self.windows = tuple(dict.fromkeys(w for layer in layers for w in layer.windows())) or (None,)
-        self.record: dict[nn.Module, Tensor] | None = None
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> StackCache:
         """An empty cache of ``max_len`` slots for ``batch`` rows, for a causal stack whose attention keeps one."""
@@ -147,7 +142,6 @@ class Stack(nn.Module):
                 windows=self.windows,
             )
         ctx.memory_mask = memory_mask(memory_padding_mask)
-        ctx.record = self.record
         x = self.position.embed(x, positions)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
