@@ -232,7 +232,7 @@ def _decoding_options(cfg: DictConfig) -> dict[str, Any]:
     if strategy not in STRATEGIES:
         known = f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}{suggest(str(strategy), STRATEGIES)}"
         problems.add("strategy", known)
-    types = {o.name: o.config for o in COMMAND_OPTIONS if o.config is not None}
+    types = {o.name: o.key for o in COMMAND_OPTIONS}
     _check_types(cfg, types, problems, required=[o.name for o in COMMAND_OPTIONS if o.required])
     problems.collect(_device, cfg)
     options = {

@@ -54,15 +54,15 @@ class Option:
     """One row of the table: a keyword argument of :func:`~tfgraph.decoding.generate`.
 
     Attributes:
-        name: the keyword (and ``tfgraph-generate``'s key, for a command option).
+        name: the keyword (and the name of ``tfgraph-generate``'s key).
         default: its value when not given (``dataclasses.MISSING``: it must be given).
         applies: the strategies it applies to; a value other than ``default`` under another strategy is refused.
         rule: what a given value (not ``None``) must be under the strategies it applies to; ``None``: anything.
         unset_means: what ``None`` stands for under those strategies (``num_beams``: 4), or ``None``.
         why: why it needs the strategies it applies to, when they are several (said with the refusal).
         named: how the refusal names a value given where it does not apply (default: ``name``).
-        command: ``tfgraph-generate`` takes it as a config key, passed on when set (not null).
-        config: the type that key's value must have (checked before ``rule``); ``None``: no type check.
+        key: ``tfgraph-generate`` takes it as a config key, passed on when set (not null), whose value must be of
+            this type (checked before ``rule``; ``Any``: the rule only); ``None``: no key of the command.
         quiet_elsewhere: ``tfgraph-generate`` drops the key under a strategy it does not apply to instead of
             refusing it (``seed``: greedy and beam draw nothing, so a config's seed means nothing to them).
         doc: what it does (the line of ``generate``'s docstring).
@@ -75,8 +75,7 @@ class Option:
     unset_means: Any
     why: str
     named: str
-    command: bool
-    config: Any
+    key: Any
     quiet_elsewhere: bool
     doc: str
 
@@ -98,13 +97,12 @@ def _option(
     unset_means: Any = None,
     why: str = "",
     named: str = "",
-    command: bool = False,
-    config: Any = None,
+    key: Any = None,
     quiet_elsewhere: bool = False,
 ) -> Any:
     """A field of :class:`DecodingOptions` and its row of the table (see :class:`Option`)."""
-    about = dict(applies=applies, rule=rule, unset_means=unset_means, why=why, named=named, command=command)
-    about |= dict(config=config, quiet_elsewhere=quiet_elsewhere, doc=doc)
+    about = dict(applies=applies, rule=rule, unset_means=unset_means, why=why, named=named, key=key)
+    about |= dict(quiet_elsewhere=quiet_elsewhere, doc=doc)
     return field(default=default, metadata={"option": about})
 
 
@@ -114,61 +112,53 @@ class DecodingOptions:
     :data:`OPTIONS`). Building one checks nothing: :meth:`problems` does, and :meth:`resolved` fills in what an
     unset option means under the strategy."""
 
-    max_new_tokens: int = _option(
-        doc="the most tokens to generate per row.", rule=AT_LEAST_ONE, command=True, config=COUNT
-    )
+    max_new_tokens: int = _option(doc="the most tokens to generate per row.", rule=AT_LEAST_ONE, key=COUNT)
     strategy: Strategy = _option(
         "greedy",
         doc='``"greedy"`` (the most likely token), ``"sample"`` (draw from the processed distribution) or '
         '``"beam"`` (beam search).',
         rule=Rule(lambda s: s in STRATEGIES, "must be 'greedy', 'sample' or 'beam'"),
-        command=True,
+        key=Any,
     )
     use_cache: bool = _option(
         True,
         doc="keep a KV cache and feed only each new token; ``False`` re-runs the whole sequence every step.",
-        command=True,
-        config=bool,
+        key=bool,
     )
     temperature: float = _option(
         1.0,
         doc="sample only: divides the logits (> 0).",
         applies=SAMPLE,
         rule=Rule(lambda t: t > 0, "must be positive (for the most likely token use 'greedy')"),
-        command=True,
-        config=NUMBER,
+        key=NUMBER,
     )
     top_k: int | None = _option(
         None,
         doc="sample only: keep the k most likely tokens.",
         applies=SAMPLE,
         rule=AT_LEAST_ONE,
-        command=True,
-        config=COUNT,
+        key=COUNT,
     )
     top_p: float | None = _option(
         None,
         doc="sample only: keep the nucleus of probability mass ``top_p``.",
         applies=SAMPLE,
         rule=Rule(lambda p: 0 < p <= 1, "must be in (0, 1]"),
-        command=True,
-        config=NUMBER,
+        key=NUMBER,
     )
     min_p: float | None = _option(
         None,
         doc="sample only: keep tokens at least ``min_p`` times as likely as the most likely one.",
         applies=SAMPLE,
         rule=Rule(lambda p: 0 <= p <= 1, "must be in [0, 1]"),
-        command=True,
-        config=NUMBER,
+        key=NUMBER,
     )
     repetition_penalty: float = _option(
         1.0,
         doc="> 0; tokens already in the row (prompt included) have positive logits divided by it and negative ones "
         "multiplied by it (1 = off).",
         rule=Rule(lambda p: p > 0, "must be positive"),
-        command=True,
-        config=NUMBER,
+        key=NUMBER,
     )
     num_beams: int | None = _option(
         None,
@@ -176,16 +166,14 @@ class DecodingOptions:
         applies=BEAM,
         rule=AT_LEAST_ONE,
         unset_means=4,
-        command=True,
-        config=COUNT,
+        key=COUNT,
     )
     length_penalty: float | None = _option(
         None,
         doc="beam only: a hypothesis scores ``sum log p / length ** length_penalty`` (default 1.0).",
         applies=BEAM,
         unset_means=1.0,
-        command=True,
-        config=NUMBER,
+        key=NUMBER,
     )
     early_stopping: bool | Literal["never"] | None = _option(
         None,
@@ -194,7 +182,7 @@ class DecodingOptions:
         applies=BEAM,
         rule=Rule(lambda e: e in (True, False, "never"), "must be True, False or 'never'"),
         unset_means=False,
-        command=True,
+        key=Any,
     )
     num_return_sequences: int = _option(
         1,
@@ -203,8 +191,7 @@ class DecodingOptions:
         rule=AT_LEAST_ONE,
         why="greedy has one answer",
         named="num_return_sequences > 1",
-        command=True,
-        config=COUNT,
+        key=COUNT,
     )
     eos_token_id: int | Sequence[int] | None = _option(
         None, doc="the stop token(s): a row that produces one is finished (the stop token is kept; then ``pad``)."
@@ -215,8 +202,7 @@ class DecodingOptions:
         None,
         doc="sample only: seeds a fresh ``torch.Generator`` (reproducible draws).",
         applies=SAMPLE,
-        command=True,
-        config=int,
+        key=int,
         quiet_elsewhere=True,
     )
     generator: torch.Generator | None = _option(
@@ -322,7 +308,7 @@ OPTIONS: tuple[Option, ...] = tuple(
 )
 """The table: an :class:`Option` per keyword of :func:`~tfgraph.decoding.generate`, in its order."""
 OPTION: dict[str, Option] = {o.name: o for o in OPTIONS}
-COMMAND_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.command)
+COMMAND_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.key is not None)
 """The decoding keys of ``tfgraph-generate`` (``conf/generate.yaml``)."""
 
 
