@@ -87,13 +87,9 @@ class Task(pl.LightningModule):
             check_scheduler(scheduler)
         self.tokenizer = Tokenizer.from_json(tokenizer)
         if model.get("vocab_size", 0) < self.tokenizer.vocab_size:
-            raise ConfigError(
-                [
-                    (
-                        "model.vocab_size",
-                        f"{model.get('vocab_size')} is smaller than the tokenizer's {self.tokenizer.vocab_size} ids",
-                    )
-                ]
+            raise ConfigError.at(
+                "model.vocab_size",
+                f"{model.get('vocab_size')} is smaller than the tokenizer's {self.tokenizer.vocab_size} ids",
             )
         self.model: Transformer = build_model(model)
         self.label_names = list(label_names) if label_names is not None else None
@@ -112,15 +108,15 @@ class Task(pl.LightningModule):
             f"{t} ({how}), e.g. " + " or ".join(f"model={p}" for p in EXAMPLE_PRESETS.get(t, ()))
             for t, how in cls.topologies.items()
         )
-        raise ConfigError(
-            [("model.topology", f"task {cls.name} does not fit a model of topology {topology}. It fits: {fits}")]
+        raise ConfigError.at(
+            "model.topology", f"task {cls.name} does not fit a model of topology {topology}. It fits: {fits}"
         )
 
     def require_labels(self) -> list[str]:
         """The label names, which a classification task cannot do without."""
         if not self.label_names or len(self.label_names) < 2:
-            raise ConfigError(
-                [("data", f"task {self.name} needs at least two label names from the data, got {self.label_names}")]
+            raise ConfigError.at(
+                "data", f"task {self.name} needs at least two label names from the data, got {self.label_names}"
             )
         return self.label_names
 
@@ -215,8 +211,8 @@ class Task(pl.LightningModule):
         # run's state is restored, and Lightning then drops the loader's mid-epoch position
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ConfigError(
-                [("trainer.max_steps", "the learning-rate schedule needs the run's length: set trainer.max_steps")]
+            raise ConfigError.at(
+                "trainer.max_steps", "the learning-rate schedule needs the run's length: set trainer.max_steps"
             )
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(total))
         return {

@@ -119,8 +119,8 @@ class MaskedLM(Task):
     ) -> None:
         super().__init__(**common)
         if not (0 < mask_prob <= 1 and mask_ratio >= 0 and random_ratio >= 0 and mask_ratio + random_ratio <= 1):
-            raise ConfigError(
-                [("task", "need 0 < mask_prob <= 1 and mask_ratio, random_ratio >= 0 with a sum of at most 1")]
+            raise ConfigError.at(
+                "task", "need 0 < mask_prob <= 1 and mask_ratio, random_ratio >= 0 with a sum of at most 1"
             )
         self.head = self.build_head(head, "mlm_head")
         if self.model.tie_embeddings and hasattr(self.head, "weight"):
