@@ -179,6 +179,34 @@ def _parse_node(
     path: str,
     problems: Problems,
 ) -> NodeSpec | None:
+    """One node: its name and inputs, its block (a slot's part or a named block) bound, its number of inputs."""
+    sources = _node_inputs(name, node, inputs, path, problems)
+    if sources is None:
+        return None
+    extra = {k: v for k, v in node.items() if k not in NODE_KEYS}  # the node's own arguments of its block
+    if ("slot" in node) == ("block" in node):
+        problems.add(path, "a node names exactly one of `slot` (a model part) or `block` (a registered block)")
+        return None
+    if "slot" in node:
+        resolved = _slot_block(node, extra, parts, context, path, problems)
+    else:
+        resolved = _named_block(node, extra, context, path, problems)
+    if resolved is None:
+        return None
+    cls, kwargs, source = resolved
+    low, high = block_arity(cls)
+    if len(sources) < low or (high is not None and len(sources) > high):
+        want = f"{low}" if low == high else (f"at least {low}" if high is None else f"{low} to {high}")
+        problems.add(
+            f"{path}.in", f"{cls.__name__} takes {want} input(s), the node gives {len(sources)}: {list(sources)}"
+        )
+    return NodeSpec(name=name, cls=cls, kwargs=kwargs, inputs=sources, path=path, source=source)
+
+
+def _node_inputs(
+    name: str, node: Any, inputs: tuple[str, ...], path: str, problems: Problems
+) -> tuple[str, ...] | None:
+    """The names a node reads (its ``in``), after checking its name and that it is a mapping."""
     if not name.isidentifier() or hasattr(nn.Module, name) or name in inputs:
         problems.add(
             path, f"node name {name!r} must be a Python identifier, not an nn.Module attribute nor a layer input"
@@ -195,60 +223,59 @@ def _parse_node(
     if sources is None or not all(isinstance(source, str) for source in sources):
         problems.add(f"{path}.in", f"expected the name of a node or layer input, or a list of names, got {raw_in!r}")
         return None
-    extra = {k: v for k, v in node.items() if k not in NODE_KEYS}
+    return sources
 
-    if ("slot" in node) == ("block" in node):
-        problems.add(path, "a node names exactly one of `slot` (a model part) or `block` (a registered block)")
+
+def _slot_block(
+    node: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    parts: Mapping[str, Part | None],
+    context: Mapping[str, Any],
+    path: str,
+    problems: Problems,
+) -> tuple[type, dict[str, Any], str] | None:
+    """A slot node's block: the model part's class, its config and the node's own keys bound, and the part's path."""
+    slot = node["slot"]
+    if slot not in SLOTS:
+        problems.add(f"{path}.slot", f"unknown slot {slot!r}{suggest(slot, SLOTS)}; slots are {', '.join(SLOTS)}")
         return None
-    slot = node.get("slot")
-    if slot is not None:
-        if slot not in SLOTS:
-            problems.add(f"{path}.slot", f"unknown slot {slot!r}{suggest(slot, SLOTS)}; slots are {', '.join(SLOTS)}")
-            return None
-        if "kind" in node:
-            problems.add(f"{path}.kind", "`kind` goes with `block`, not with `slot` (a slot's kind is fixed)")
-        if slot not in parts:
-            problems.add(f"{path}.slot", f"this model has no {slot!r} part (model.{slot} is missing)")
-            return None
-        part = parts[slot]
-        if part is None:  # the part itself is wrong, and that problem is already recorded
-            return None
-        cls = part.cls
-        if not _has_forward(cls, f"{part.path}.block", problems):
-            return None
-        given = {**part.config, **extra}
-        key_paths = {k: part.key_paths.get(k, f"{part.path}.{k}") for k in part.config} | {
-            k: f"{path}.{k}" for k in extra
-        }
-        kwargs = bind(cls, given, context=context, path=part.path, problems=problems, key_paths=key_paths)
-    else:
-        kind = node.get("kind", "op")
-        if kind not in NODE_KINDS:
-            known = kind in KINDS
-            problems.add(
-                f"{path}.kind",
-                (
-                    f"a {kind} block cannot be a graph node: it is a model part (model.{kind}), used by the stack or "
-                    "the model, not by a layer"
-                    if known
-                    else f"unknown block kind {kind!r}{suggest(kind, NODE_KINDS)}"
-                )
-                + f"; a node's kind is one of {', '.join(NODE_KINDS)}",
-            )
-            return None
-        cls = lookup(kind, node["block"], f"{path}.block", problems)
-        if cls is None or not _has_forward(cls, f"{path}.block", problems):
-            return None
-        kwargs = bind(cls, extra, context=context, path=path, problems=problems)
+    if "kind" in node:
+        problems.add(f"{path}.kind", "`kind` goes with `block`, not with `slot` (a slot's kind is fixed)")
+    if slot not in parts:
+        problems.add(f"{path}.slot", f"this model has no {slot!r} part (model.{slot} is missing)")
+        return None
+    part = parts[slot]
+    if part is None:  # the part itself is wrong, and that problem is already recorded
+        return None
+    if not _has_forward(part.cls, f"{part.path}.block", problems):
+        return None
+    given = {**part.config, **extra}
+    key_paths = {k: part.key_paths.get(k, f"{part.path}.{k}") for k in part.config} | {k: f"{path}.{k}" for k in extra}
+    kwargs = bind(part.cls, given, context=context, path=part.path, problems=problems, key_paths=key_paths)
+    return part.cls, kwargs, part.path
 
-    low, high = block_arity(cls)
-    if len(sources) < low or (high is not None and len(sources) > high):
-        want = f"{low}" if low == high else (f"at least {low}" if high is None else f"{low} to {high}")
+
+def _named_block(
+    node: Mapping[str, Any], extra: Mapping[str, Any], context: Mapping[str, Any], path: str, problems: Problems
+) -> tuple[type, dict[str, Any], str] | None:
+    """A ``block:`` node's block: the registered class of its kind (``op`` by default), its keys bound, its path."""
+    kind = node.get("kind", "op")
+    if kind not in NODE_KINDS:
         problems.add(
-            f"{path}.in", f"{cls.__name__} takes {want} input(s), the node gives {len(sources)}: {list(sources)}"
+            f"{path}.kind",
+            (
+                f"a {kind} block cannot be a graph node: it is a model part (model.{kind}), used by the stack or "
+                "the model, not by a layer"
+                if kind in KINDS
+                else f"unknown block kind {kind!r}{suggest(kind, NODE_KINDS)}"
+            )
+            + f"; a node's kind is one of {', '.join(NODE_KINDS)}",
         )
-    source = parts[slot].path if slot is not None else path
-    return NodeSpec(name=name, cls=cls, kwargs=kwargs, inputs=sources, path=path, source=source)
+        return None
+    cls = lookup(kind, node["block"], f"{path}.block", problems)
+    if cls is None or not _has_forward(cls, f"{path}.block", problems):
+        return None
+    return cls, bind(cls, extra, context=context, path=path, problems=problems), path
 
 
 def _has_forward(cls: type, path: str, problems: Problems) -> bool:

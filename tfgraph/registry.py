@@ -381,19 +381,8 @@ def bind(
     )
     for key, value in given.items():
         if key not in params:
-            own = sorted(p for p in params if p not in context)
             where_key = key_paths.get(key, f"{path}.{key}")
-            close = difflib.get_close_matches(key, [*own, *context], n=1, cutoff=0.6)
-            if key in context or (close and close[0] in context):
-                size = key if key in context else close[0]
-                hint = f"; {size!r} is a model-level size: set model.{size}"
-            else:
-                hint = suggest(key, own)
-            problems.add(
-                where_key,
-                f"{where} takes no argument {key!r}{hint}. It takes: {', '.join(own) or 'nothing'} "
-                f"(a key left over from another block can be dropped with ~{where_key})",
-            )
+            problems.add(where_key, _unknown_argument(where, key, where_key, params, context))
             continue
         hint = hints.get(key, Any)
         if not _fits(value, hint):
@@ -464,6 +453,23 @@ def extend_arguments(base: Callable[..., Any]) -> Callable[[_F], _F]:
         return init
 
     return decorate
+
+
+def _unknown_argument(
+    where: str, key: str, where_key: str, params: Mapping[str, inspect.Parameter], context: Mapping[str, Any]
+) -> str:
+    """Why ``key`` is refused: the block's own arguments, the closest of them, or the model-level size it means."""
+    own = sorted(p for p in params if p not in context)
+    close = difflib.get_close_matches(key, [*own, *context], n=1, cutoff=0.6)
+    if key in context or (close and close[0] in context):
+        size = key if key in context else close[0]
+        hint = f"; {size!r} is a model-level size: set model.{size}"
+    else:
+        hint = suggest(key, own)
+    return (
+        f"{where} takes no argument {key!r}{hint}. It takes: {', '.join(own) or 'nothing'} "
+        f"(a key left over from another block can be dropped with ~{where_key})"
+    )
 
 
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:
