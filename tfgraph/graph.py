@@ -11,8 +11,10 @@ default, any kind with ``kind:``). Any other key of a node is an argument of its
       scaled: {block: scale, in: res1, value: 0.5}
 
 :func:`parse_graph` checks names, inputs, cycles, unused nodes, the output and each node's number of inputs,
-recording every problem with its config path; :class:`LayerGraph` runs the nodes in topological order with
-the argument plumbing fixed at build time.
+recording every problem with its config path; a model part a slot refers to is a :class:`Part`.
+:class:`LayerGraph` runs the nodes in topological order with the argument plumbing fixed at build time (from each
+block's :class:`~tfgraph.registry.BlockProtocol`), calling each through :func:`call_node`, as the dry run of
+:mod:`tfgraph.models.build` does.
 """
 
 from __future__ import annotations

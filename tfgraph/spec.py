@@ -3,6 +3,8 @@
 Nothing here allocates a tensor. :func:`model_spec` reads the ``model`` node of a composed config, binds
 every block strictly (see :mod:`tfgraph.registry`) and parses the layer graphs (see :mod:`tfgraph.graph`);
 the first problem does not stop the check, so one :class:`~tfgraph.registry.ConfigError` lists them all.
+:func:`model_spec` reads top to bottom as its steps: keys and topology, sizes, parts, the model-level parts bound,
+the stacks. A plain dict config needs no OmegaConf: it is read only when the config holds its nodes.
 """
 
 from __future__ import annotations
