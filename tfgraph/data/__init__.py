@@ -8,6 +8,8 @@
 | :class:`ConllDataModule` | token_classification | CoNLL columns, WNUT-16 |
 | :class:`HFDataModule` | any of these | Hugging Face ``datasets``, local files or a saved dataset only |
 
+Every DataModule prepares its data once into memory-mapped files, keyed by the files and the settings, and opens
+them in every later run and process (:mod:`tfgraph.data.store`; ``tfgraph-prepare`` prepares ahead of training).
 A mistake in a data config is a :class:`DataConfigError` (a ``tfgraph.ConfigError`` naming each key, also a
 :class:`DataError`), found before any data is read; missing or malformed data is a :class:`DataError` naming the
 file (and line). The checks live in :mod:`tfgraph.data.checks`.

@@ -38,6 +38,7 @@ from tfgraph.data.examples import (
     LabeledExamples,
     PairExamples,
     ResumableLoader,
+    StreamedExamples,
     TaggedExamples,
     TextExamples,
     hold_out,
@@ -49,6 +50,7 @@ from tfgraph.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 SPLITS = ("train", "val", "test")
 NOT_IN_KEY = ("name", "batch_size", "num_workers", "pin_memory", "cache_dir")  # settings the prepared data ignores
 RECORDS_BATCH = 4096
+HF_BATCH = 1000  # rows read from an Arrow table at a time
 _SAFE = re.compile(r"[^\w.-]+")  # what a prepared folder's name may not hold of the data's name
 log = logging.getLogger(__name__)
 
@@ -298,12 +300,10 @@ class ExamplesDataModule(pl.LightningDataModule):
         tokenizer = self._tokenizer(splits["train"])
         tokenizer.save(folder / "tokenizer.json")
         examples = {}
-        for split in SPLITS:
-            split_examples = splits.get(split) or []
-            self.examples.write(folder, split, split_examples, tokenizer, label_names)
+        for split in SPLITS:  # one pass over each split: encoded, and kept as records on the way
             records = store.RecordWriter(folder, f"{split}.raw")
-            for batch in store.batched(map(self.examples.record, split_examples), RECORDS_BATCH):
-                records.extend(batch)
+            recorded = _recorded(splits.get(split) or [], self.examples.record, records)
+            self.examples.write(folder, split, recorded, tokenizer, label_names)
             examples[split] = records.close()
         itemsize = store.ids_dtype(tokenizer.vocab_size).itemsize
         files = {split: [folder / f"{split}.{n}.bin" for n in TOKEN_FILES] for split in SPLITS}
@@ -413,6 +413,18 @@ class ExamplesDataModule(pl.LightningDataModule):
 
 
 TOKEN_FILES = ("ids", "source", "target")  # the files of token ids an Examples kind may write (counted in meta)
+
+
+def _recorded(examples: Iterable[Any], record: Callable[[Any], Any], out: store.RecordWriter) -> Iterator[Any]:
+    """``examples`` as they are, each also written to ``out`` as ``record(example)`` (in batches)."""
+    batch = []
+    for example in examples:
+        batch.append(record(example))
+        if len(batch) == RECORDS_BATCH:
+            out.extend(batch)
+            batch = []
+        yield example
+    out.extend(batch)
 
 
 def _package_files(package: str, *parts: str) -> list[Path]:
@@ -588,7 +600,7 @@ class PairsDataModule(ExamplesDataModule):
         if self.source == "bible":
             verses = call_source(sources.bible, self.source_options)
             return self.held_out_of([(src, tgt) for _, src, tgt in verses])
-        return self.splits_from_files(lambda p: readers.read_pairs(p, **self.read_options))
+        return self.splits_from_files(lambda p: StreamedExamples(lambda: readers.iter_pairs(p, **self.read_options)))
 
 
 class LabeledDataModule(ExamplesDataModule):
@@ -631,7 +643,7 @@ class LabeledDataModule(ExamplesDataModule):
         self.read_options = read_options
 
     def read_splits(self) -> dict[str, list[Any]]:
-        return self.splits_from_files(lambda p: readers.read_labeled(p, **self.read_options))
+        return self.splits_from_files(lambda p: StreamedExamples(lambda: readers.iter_labeled(p, **self.read_options)))
 
 
 class ConllDataModule(ExamplesDataModule):
@@ -693,7 +705,7 @@ class ConllDataModule(ExamplesDataModule):
     def read_splits(self) -> dict[str, list[Any]]:
         if self.source == "wnut16":
             return self.held_out_of(sources.wnut16())
-        return self.splits_from_files(lambda p: readers.read_conll(p, **self.read_options))
+        return self.splits_from_files(lambda p: StreamedExamples(lambda: readers.iter_conll(p, **self.read_options)))
 
 
 class HFDataModule(ExamplesDataModule):
@@ -785,8 +797,9 @@ class HFDataModule(ExamplesDataModule):
             raise DataError(f"{self.path}: no `train` split among {', '.join(loaded)}")
         return {split: data for split, data in found.items() if data is not None}
 
-    def _rows(self, split: str, data: Any) -> list[Any]:
-        """One split's rows as examples, ClassLabel ids turned into their names."""
+    def _rows(self, split: str, data: Any) -> StreamedExamples:
+        """One split's rows as examples, read from the Arrow table in batches when iterated (ClassLabel ids
+        turned into their names)."""
         missing = [c for c in self.columns if c not in data.column_names]
         if missing:
             raise DataError(
@@ -794,34 +807,36 @@ class HFDataModule(ExamplesDataModule):
                 f"are {', '.join(data.column_names)} (set {self.task}'s column names in the data config)"
             )
         names = [_class_names(data.features[c]) for c in self.columns]
-        columns = [data[c] for c in self.columns]
-        rows = []
-        for i, values in enumerate(zip(*columns, strict=True)):
-            values = [_as_names(v, n) for v, n in zip(values, names, strict=True)]
-            if isinstance(self.examples, TaggedExamples):
-                tokens, tags = values
-                ok = isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)
-                if not ok or not all(isinstance(t, str) for t in tokens):
-                    raise DataError(f"{self.name} {split} row {i}: expected equally long lists of tokens and tags")
-                tags = [str(t) for t in tags]
-                problem = next((p for p in map(checks.tag_problem, tags) if p), None)
-                if problem is not None:
-                    raise DataError(f"{self.name} {split} row {i}: {problem}")
-                rows.append((tokens, tags))
-            elif isinstance(self.examples, TextExamples):
-                rows.append(_as_text(values[0], split, i, self.columns[0], self.name))
-            else:
-                first, second = values
-                if isinstance(self.examples, LabeledExamples) and isinstance(second, (int, float)):
-                    second = str(second)  # a numeric label
-                rows.append(
-                    tuple(
-                        _as_text(v, split, i, c, self.name) for v, c in zip((first, second), self.columns, strict=True)
-                    )
-                )
+        rows = StreamedExamples(lambda: self._iter_rows(split, data.select_columns(list(self.columns)), names))
         if names[-1] is not None and self.given_label_names is None:
             self.given_label_names = names[-1]  # a ClassLabel fixes the label ids
         return rows
+
+    def _iter_rows(self, split: str, data: Any, names: list[list[str] | None]) -> Iterator[Any]:
+        i = 0
+        for batch in data.iter(batch_size=HF_BATCH):
+            for values in zip(*(batch[c] for c in self.columns), strict=True):
+                yield self._row(split, i, [_as_names(v, n) for v, n in zip(values, names, strict=True)])
+                i += 1
+
+    def _row(self, split: str, i: int, values: list[Any]) -> Any:
+        """Row ``i``'s values as an example of this task, or a DataError naming the row."""
+        if isinstance(self.examples, TaggedExamples):
+            tokens, tags = values
+            ok = isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)
+            if not ok or not all(isinstance(t, str) for t in tokens):
+                raise DataError(f"{self.name} {split} row {i}: expected equally long lists of tokens and tags")
+            tags = [str(t) for t in tags]
+            problem = next((p for p in map(checks.tag_problem, tags) if p), None)
+            if problem is not None:
+                raise DataError(f"{self.name} {split} row {i}: {problem}")
+            return tokens, tags
+        if isinstance(self.examples, TextExamples):
+            return _as_text(values[0], split, i, self.columns[0], self.name)
+        first, second = values
+        if isinstance(self.examples, LabeledExamples) and isinstance(second, (int, float)):
+            second = str(second)  # a numeric label
+        return tuple(_as_text(v, split, i, c, self.name) for v, c in zip((first, second), self.columns, strict=True))
 
     def read_splits(self) -> dict[str, list[Any]]:
         loaded = {split: self._rows(split, data) for split, data in self._load().items()}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,14 +179,69 @@ def inputs(rows: Sequence[Sequence[int] | torch.Tensor], pad_id: int) -> dict[st
     return {"input_ids": pad(rows, pad_id), "attention_mask": mask}
 
 
-def hold_out(examples: Sequence[Any], val_fraction: float, test_fraction: float, seed: int) -> tuple[list, ...]:
-    """``(train, val, test)``: a seeded random share of the examples for val and test, the rest, in order, train."""
-    order = list(range(len(examples)))
+def _held_out_parts(n: int, val_fraction: float, test_fraction: float, seed: int) -> list[list[int]]:
+    """The indices of train, val and test among ``n`` examples (each in order): a seeded random share for val
+    and test, the rest train."""
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_val, n_test = round(len(order) * val_fraction), round(len(order) * test_fraction)
-    val, test = sorted(order[:n_val]), sorted(order[n_val : n_val + n_test])
-    train = sorted(order[n_val + n_test :])
-    return tuple([examples[i] for i in part] for part in (train, val, test))
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return [sorted(order[n_val + n_test :]), sorted(order[:n_val]), sorted(order[n_val : n_val + n_test])]
+
+
+def hold_out(examples: Sequence[Any], val_fraction: float, test_fraction: float, seed: int) -> tuple:
+    """``(train, val, test)``: a seeded random share of the examples for val and test, the rest, in order, train.
+
+    Of :class:`StreamedExamples`, three :class:`StreamedSplit` of them (the same examples, read when iterated).
+    """
+    parts = _held_out_parts(len(examples), val_fraction, test_fraction, seed)
+    if isinstance(examples, StreamedExamples):
+        which = np.zeros(len(examples), dtype=np.uint8)
+        for number, part in enumerate(parts):
+            which[part] = number
+        return tuple(StreamedSplit(examples, which, number) for number in range(len(parts)))
+    return tuple([examples[i] for i in part] for part in parts)
+
+
+class StreamedExamples:
+    """The examples a reader yields, read again from their file each time they are iterated, never all held.
+
+    They are counted when made, which reads them once (a malformed line is an error then).
+
+    Args:
+        read: a new iterator over the examples at each call (``lambda: readers.iter_pairs(path)``).
+    """
+
+    def __init__(self, read: Callable[[], Iterable[Any]]) -> None:
+        self.read = read
+        self.count = sum(1 for _ in read())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.read())
+
+
+class StreamedSplit:
+    """The examples of one split of :class:`StreamedExamples`: those whose entry in ``which`` is ``number``.
+
+    Args:
+        examples: all examples.
+        which: the split number of each example (uint8).
+        number: this split's.
+    """
+
+    def __init__(self, examples: StreamedExamples, which: np.ndarray, number: int) -> None:
+        self.examples, self.which, self.number = examples, which, number
+        self.count = int((which == number).sum())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        for example, number in zip(self.examples, self.which, strict=True):
+            if number == self.number:
+                yield example
 
 
 def _cut(text: str, at: int) -> int:
@@ -222,9 +277,8 @@ def _label_order(label: str) -> tuple:
     return (3, label, "")
 
 
-def collect_labels(splits: dict[str, Sequence[Sequence[str]]], given: Sequence[str] | None, what: str) -> list[str]:
-    """The label names: ``given`` (checked to cover every split's labels), or every label seen, sorted."""
-    seen = {label for labels_of_split in splits.values() for labels in labels_of_split for label in labels}
+def collect_labels(seen: set[str], given: Sequence[str] | None, what: str) -> list[str]:
+    """The label names: ``given`` (checked to cover the labels ``seen`` in every split), or those seen, sorted."""
     if given is None:
         return sorted(seen, key=_label_order)
     names = [str(n) for n in given]
@@ -430,7 +484,7 @@ class LabeledExamples(Examples):
         return (text for text, _ in examples)
 
     def label_names(self, splits: dict[str, Sequence[Any]], given: Sequence[str] | None) -> list[str]:
-        return collect_labels({k: [[label] for _, label in v] for k, v in splits.items()}, given, "label(s)")
+        return collect_labels({label for v in splits.values() for _, label in v}, given, "label(s)")
 
     def write(
         self, folder: Path, split: str, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None
@@ -472,7 +526,7 @@ class TaggedExamples(Examples):
         return (" ".join(tokens) for tokens, _ in examples)
 
     def label_names(self, splits: dict[str, Sequence[Any]], given: Sequence[str] | None) -> list[str]:
-        return collect_labels({k: [tags for _, tags in v] for k, v in splits.items()}, given, "tag(s)")
+        return collect_labels({tag for v in splits.values() for _, tags in v for tag in tags}, given, "tag(s)")
 
     def write(
         self, folder: Path, split: str, examples: Sequence[Any], tokenizer: Tokenizer, label_names: list[str] | None

@@ -1,12 +1,15 @@
 """Readers of the user's own files. A malformed line raises a DataError that names the file and the line.
 
+Each reads its file as a stream, a line at a time (the ``iter_*`` readers yield examples as they are read; the
+``read_*`` ones collect them in a list).
+
 | reader | files | gives |
 | --- | --- | --- |
 | :func:`read_text` | a file, a folder (every file under it) or a glob | one text per file |
 | :func:`text_pieces` | the same, streamed line by line: never a whole file in memory | :class:`TextPiece` byte ranges |
-| :func:`read_pairs` | JSONL (``{"source": ..., "target": ...}``) or TSV (two columns) | ``(source, target)`` |
-| :func:`read_conll` | CoNLL columns: a token and a tag per line, a blank line between sentences | ``(tokens, tags)`` |
-| :func:`read_labeled` | CSV or TSV with a header naming ``text`` and ``label``, or JSONL | ``(text, label)`` |
+| :func:`read_pairs` (:func:`iter_pairs`) | JSONL (``{"source": ..., "target": ...}``) or TSV (two columns) | ``(source, target)`` |
+| :func:`read_conll` (:func:`iter_conll`) | CoNLL columns: a token and a tag per line, a blank line between sentences | ``(tokens, tags)`` |
+| :func:`read_labeled` (:func:`iter_labeled`) | CSV or TSV with a header naming ``text`` and ``label``, or JSONL | ``(text, label)`` |
 | :func:`read_hf` | Hugging Face ``datasets``: a saved dataset, or local JSON/CSV/text/Parquet files | a DatasetDict |
 """
 
@@ -66,8 +69,9 @@ def _read_utf8(path: Path) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, line without its end)`` for each line of a UTF-8 file."""
-    yield from enumerate(_read_utf8(path).splitlines(), start=1)
+    """``(line number, line without its end)`` for each line of a UTF-8 file, read as a stream."""
+    for number, (_, _, line) in enumerate(iter_lines(path), start=1):
+        yield number, line[:-1] if line.endswith("\n") else line
 
 
 def read_text(path: str | Path) -> list[str]:
@@ -252,10 +256,16 @@ def _json_record(path: Path, number: int, line: str, keys: Sequence[str]) -> lis
     return values
 
 
-def read_pairs(
+def read_pairs(path: str | Path, **options: Any) -> list[tuple[str, str]]:
+    """Every pair :func:`iter_pairs` reads, in a list."""
+    return list(iter_pairs(path, **options))
+
+
+def iter_pairs(
     path: str | Path, *, format: str | None = None, source_key: str = "source", target_key: str = "target"
-) -> list[tuple[str, str]]:
+) -> Iterator[tuple[str, str]]:
     """Sequence pairs from JSONL (one object a line) or TSV (``source<TAB>target`` a line); blank lines skipped.
+    Read as a stream, a line at a time.
 
     Args:
         path: the file.
@@ -265,7 +275,7 @@ def read_pairs(
     """
     path = check_file(path)
     fmt = _format_of(path, format, {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".txt": "tsv"})
-    pairs = []
+    pairs = 0
     for number, line in _lines(path):
         if not line.strip():
             continue
@@ -276,21 +286,27 @@ def read_pairs(
             if len(columns) != 2:
                 raise at(path, number, f"expected 2 tab-separated columns (source, target), found {len(columns)}")
             source, target = columns
-        pairs.append((source, target))
+        pairs += 1
+        yield source, target
     if not pairs:
         raise DataError(f"{path}: no pairs in the file")
-    return pairs
 
 
-def read_conll(
+def read_conll(path: str | Path, **options: Any) -> list[tuple[list[str], list[str]]]:
+    """Every sentence :func:`iter_conll` reads, in a list."""
+    return list(iter_conll(path, **options))
+
+
+def iter_conll(
     path: str | Path,
     *,
     token_column: int = 0,
     tag_column: int = -1,
     separator: str | None = None,
     comment_prefix: str | None = None,
-) -> list[tuple[list[str], list[str]]]:
-    """Tagged sentences from CoNLL-style columns: one token a line, a blank line between sentences.
+) -> Iterator[tuple[list[str], list[str]]]:
+    """Tagged sentences from CoNLL-style columns: one token a line, a blank line between sentences; read as a
+    stream, a line at a time.
 
     ``-DOCSTART-`` lines are skipped. Tags are BIO (``O``, ``B-PER``, ``I-PER``; IOB1, IOE and the ``E-``/``S-``
     of BIOES too): any other tag is an error at its line (see :func:`~tfgraph.data.checks.tag_problem`).
@@ -306,7 +322,7 @@ def read_conll(
         ``(tokens, tags)`` per sentence.
     """
     path = check_file(path)
-    sentences: list[tuple[list[str], list[str]]] = []
+    sentences = 0
     tokens: list[str] = []
     tags: list[str] = []
     need = max(2, *(i + 1 if i >= 0 else -i for i in (token_column, tag_column)))  # columns a line must have
@@ -316,7 +332,8 @@ def read_conll(
         columns = line.split(separator) if separator is not None else line.split()
         if not line.strip():
             if tokens:
-                sentences.append((tokens, tags))
+                sentences += 1
+                yield tokens, tags
                 tokens, tags = [], []
             continue
         if columns[0] == "-DOCSTART-":
@@ -337,16 +354,21 @@ def read_conll(
         tokens.append(token)
         tags.append(tag)
     if tokens:
-        sentences.append((tokens, tags))
+        sentences += 1
+        yield tokens, tags
     if not sentences:
         raise DataError(f"{path}: no sentences in the file")
-    return sentences
 
 
-def read_labeled(
+def read_labeled(path: str | Path, **options: Any) -> list[tuple[str, str]]:
+    """Every example :func:`iter_labeled` reads, in a list."""
+    return list(iter_labeled(path, **options))
+
+
+def iter_labeled(
     path: str | Path, *, format: str | None = None, text_key: str = "text", label_key: str = "label"
-) -> list[tuple[str, str]]:
-    """Labelled texts: CSV or TSV with a header naming the text and label columns, or JSONL.
+) -> Iterator[tuple[str, str]]:
+    """Labelled texts: CSV or TSV with a header naming the text and label columns, or JSONL; read as a stream.
 
     Args:
         path: the file.
@@ -359,14 +381,16 @@ def read_labeled(
     """
     path = check_file(path)
     fmt = _format_of(path, format, {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"})
-    examples = []
+    examples = 0
     if fmt == "jsonl":
         for number, line in _lines(path):
             if line.strip():
                 text, label = _json_record(path, number, line, (text_key, label_key))
-                examples.append((text, _check_label(path, number, label)))
+                examples += 1
+                yield text, _check_label(path, number, label)
     else:
-        rows = csv.reader(_read_utf8(path).splitlines(keepends=True), delimiter="," if fmt == "csv" else "\t")
+        lines = (line for _, _, line in iter_lines(path))
+        rows = csv.reader(lines, delimiter="," if fmt == "csv" else "\t")
         try:
             header = next(rows)
         except StopIteration:
@@ -381,12 +405,12 @@ def read_labeled(
                     continue
                 if len(row) != len(header):
                     raise at(path, rows.line_num, f"expected {len(header)} fields as in the header, found {len(row)}")
-                examples.append((row[text_at], _check_label(path, rows.line_num, row[label_at])))
+                examples += 1
+                yield row[text_at], _check_label(path, rows.line_num, row[label_at])
         except csv.Error as err:
             raise at(path, rows.line_num, f"malformed {fmt.upper()} ({err})") from err
     if not examples:
         raise DataError(f"{path}: no examples in the file")
-    return examples
 
 
 def _check_label(path: Path, line: int, label: str) -> str:
