@@ -142,9 +142,14 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
     problems = Problems()
     topology = _topology(cfg, path, problems)
     sizes = _sizes(cfg, path, problems)
+    n_layers = _count(cfg, "n_layers", path, problems)
+    n_decoder_layers = cfg.get("n_decoder_layers")
+    if topology == "encoder_decoder":
+        n_decoder_layers = n_layers if n_decoder_layers is None else _count(cfg, "n_decoder_layers", path, problems)
     parts = _parts(cfg, topology, path, problems)
-    outer = _model_parts(cfg, parts, sizes, topology, path, problems)
-    stacks = _stacks(cfg, parts, sizes, topology, path, problems)
+    found = _Found(cfg, topology, sizes, (n_layers, n_decoder_layers), parts, path, problems)
+    outer = _model_parts(found)
+    stacks = _stacks(found)
     init_std = cfg.get("init_std", 0.02)
     if (message := check_value(init_std, Annotated[float, Positive])) is not None:
         problems.add(f"{path}.init_std", message)
@@ -182,54 +187,48 @@ def _parts(cfg: Mapping[str, Any], topology: str | None, path: str, problems: Pr
     return parts
 
 
-def _bound(
-    parts: Mapping[str, Part | None], name: str, sizes: Mapping[str, Any], problems: Problems, **overrides: Any
-) -> Part | None:
-    """The part ``name`` bound to the sizes (with ``overrides`` of them), or None when it is missing or wrong."""
-    part = parts.get(name)
-    return None if part is None else part.bound({**sizes, **overrides}, problems)
+@dataclass(frozen=True)
+class _Found:
+    """What the later steps of :func:`model_spec` read: the config, what the first steps found, where problems go."""
+
+    cfg: Mapping[str, Any]
+    topology: str | None
+    sizes: Mapping[str, Any]
+    layers: tuple[int | None, int | None]  # the layer counts of the (first) stack and of an encoder_decoder's decoder
+    parts: Mapping[str, Part | None]
+    path: str
+    problems: Problems
+
+    def bound(self, name: str, **overrides: Any) -> Part | None:
+        """The part ``name`` bound to the sizes (with ``overrides`` of them), or None when it is missing or wrong."""
+        part = self.parts.get(name)
+        return None if part is None else part.bound({**self.sizes, **overrides}, self.problems)
 
 
-def _model_parts(
-    cfg: Mapping[str, Any],
-    parts: Mapping[str, Part | None],
-    sizes: Mapping[str, Any],
-    topology: str | None,
-    path: str,
-    problems: Problems,
-) -> dict[str, Any]:
+def _model_parts(found: _Found) -> dict[str, Any]:
     """The parts outside the layers, bound: embedding, token types, position, embedding norm, head, tying."""
+    cfg, path, problems = found.cfg, found.path, found.problems
+    outer = {
+        "embedding": found.bound("embedding"),
+        "position": found.bound("position"),
+        "head": found.bound("head") if found.topology != "encoder_only" else None,
+        "token_type": None,
+    }
     token_types = cfg.get("token_types", 0)
-    token_type = None
     if token_types:
         if not isinstance(token_types, int) or isinstance(token_types, bool) or token_types < 0:
             problems.add(f"{path}.token_types", f"expected a count of token types >= 0, got {token_types!r}")
         else:
-            token_type = _bound(parts, "embedding", sizes, problems, vocab_size=token_types)
-    embed_norm = _flag(cfg, "embed_norm", False, path, problems)
-    return {
-        "embedding": _bound(parts, "embedding", sizes, problems),
-        "position": _bound(parts, "position", sizes, problems),
-        "head": _bound(parts, "head", sizes, problems) if topology != "encoder_only" else None,
-        "token_type": token_type,
-        "embed_norm": _bound(parts, "norm", sizes, problems) if embed_norm else None,
-        "tie_embeddings": _flag(cfg, "tie_embeddings", True, path, problems),  # shapes are checked in the dry run
-    }
+            outer["token_type"] = found.bound("embedding", vocab_size=token_types)
+    outer["embed_norm"] = found.bound("norm") if _flag(cfg, "embed_norm", False, path, problems) else None
+    outer["tie_embeddings"] = _flag(cfg, "tie_embeddings", True, path, problems)  # shapes are checked in the dry run
+    return outer
 
 
-def _stacks(
-    cfg: Mapping[str, Any],
-    parts: Mapping[str, Part | None],
-    sizes: Mapping[str, Any],
-    topology: str | None,
-    path: str,
-    problems: Problems,
-) -> dict[str, Any]:
+def _stacks(found: _Found) -> dict[str, Any]:
     """The encoder and decoder stacks of the topology (each layer's graph, by the pattern) and the final norm."""
-    n_layers = _count(cfg, "n_layers", path, problems)
-    n_decoder_layers = cfg.get("n_decoder_layers")
-    if topology == "encoder_decoder":
-        n_decoder_layers = n_layers if n_decoder_layers is None else _count(cfg, "n_decoder_layers", path, problems)
+    cfg, topology, path, problems = found.cfg, found.topology, found.path, found.problems
+    n_layers, n_decoder_layers = found.layers
     stacks: dict[str, Any] = {"encoder": None, "decoder": None, "final_norm": None}
     layer = cfg.get("layer")
     if not isinstance(layer, Mapping):
@@ -242,11 +241,11 @@ def _stacks(
                 f"unknown layer key{suggest(key, LAYER_KEYS)}; layer keys are {', '.join(LAYER_KEYS)}",
             )
     if _flag(layer, "final_norm", True, f"{path}.layer", problems):
-        stacks["final_norm"] = _bound(parts, "norm", sizes, problems)
+        stacks["final_norm"] = found.bound("norm")
     pattern = _pattern(cfg.get("pattern"), f"{path}.pattern", problems)
 
     def graphs(key: str, inputs: tuple[str, ...]) -> list[GraphSpec | None]:
-        return _layers(layer, key, inputs, parts, pattern, sizes, path, problems)
+        return _layers(layer, key, inputs, found.parts, pattern, found.sizes, path, problems)
 
     if topology in ("encoder_only", "encoder_decoder") and n_layers:
         stacks["encoder"] = _stack(graphs("nodes", ("x",)), n_layers, causal=False)
