@@ -227,3 +227,25 @@ def test_recording_replaces_attend_only_while_it_records() -> None:
         model(torch.randint(40, (1, 4)))
     assert "attend" not in vars(attention)
     assert list(weights) == ["decoder.layers.0.attn", "decoder.layers.1.attn"]
+
+
+def test_kinds_are_inherited_for_initialisation_and_other_classes_are_no_blocks() -> None:
+    from torch import nn
+
+    from tfgraph.blocks.norm import LayerNorm
+    from tfgraph.registry import registered_kind, reports_aux_loss
+
+    class Odd(nn.Module):
+        needs = "not a protocol"  # an attribute of another meaning on a module that is no block
+
+    class MyNorm(LayerNorm):
+        pass
+
+    assert registered_kind(MyNorm) == "norm" and registered_kind(Odd) is None and registered_kind(nn.Linear) is None
+    assert not reports_aux_loss(Odd)
+    model = DecoderOnly(
+        embedding=TokenEmbedding(vocab_size=40, d_model=16),
+        decoder=Stack(position=LearnedPosition(max_len=24, d_model=16), layers=[], causal=True, final_norm=Odd()),
+        sizes={"d_model": 16, "vocab_size": 40, "max_len": 24},
+    )
+    assert model.aux_loss() is None and not model.has_aux_loss

@@ -288,6 +288,17 @@ def block_protocol(cls: type) -> BlockProtocol:
     return known if known is not None else read_protocol(cls)
 
 
+def registered_kind(cls: type) -> str | None:
+    """The kind a class, or the nearest class it derives from, is registered under (``None``: not a block)."""
+    return next((_PROTOCOLS[klass].kind for klass in cls.__mro__ if klass in _PROTOCOLS), None)
+
+
+def reports_aux_loss(cls: type) -> bool:
+    """Whether a registered block class declares an auxiliary loss (False for any other class)."""
+    known = _PROTOCOLS.get(cls)
+    return known is not None and known.aux_loss
+
+
 def register(kind: str, name: str) -> Callable[[_T], _T]:
     """Class decorator registering a block under ``kind`` and ``name``.
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tfgraph.blocks.context import self_attention_context
 from tfgraph.graph import GraphSpec, LayerGraph, Part, attention_windows, call_node
 from tfgraph.models.transformer import DecoderOnly, EncoderDecoder, EncoderOnly, Stack, Transformer
-from tfgraph.registry import Problems, block_protocol
+from tfgraph.registry import Problems, block_protocol, registered_kind
 from tfgraph.spec import ModelSpec, StackSpec, model_spec
 
 TOPOLOGY_CLASSES = {"decoder_only": DecoderOnly, "encoder_only": EncoderOnly, "encoder_decoder": EncoderDecoder}
@@ -84,13 +84,13 @@ def init_weights(model: nn.Module, std: float) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, std)
-        elif block_protocol(type(module)).kind in ("embedding", "head", "position"):
+        elif registered_kind(type(module)) in ("embedding", "head", "position"):
             for name, param in module.named_parameters(recurse=False):
                 if name == "bias":
                     nn.init.zeros_(param)
                 elif param.dim() >= 2:
                     nn.init.normal_(param, 0.0, std)
-        elif block_protocol(type(module)).kind == "norm" and hasattr(module, "reset_parameters"):
+        elif registered_kind(type(module)) == "norm" and hasattr(module, "reset_parameters"):
             module.reset_parameters()
 
 

@@ -31,7 +31,7 @@ from tfgraph.blocks.context import (
     self_attention_context,
 )
 from tfgraph.graph import LayerGraph
-from tfgraph.registry import block_protocol
+from tfgraph.registry import reports_aux_loss
 
 if TYPE_CHECKING:
     from tfgraph.spec import ModelSpec
@@ -266,8 +266,7 @@ class Transformer(nn.Module):
             self._aux_blocks = [
                 m
                 for m in self.modules()
-                if m is not self
-                and (block_protocol(type(m)).aux_loss or isinstance(getattr(m, "aux_loss", None), Tensor))
+                if m is not self and (reports_aux_loss(type(m)) or isinstance(getattr(m, "aux_loss", None), Tensor))
             ]
         return self._aux_blocks
 
