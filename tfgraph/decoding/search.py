@@ -1,7 +1,8 @@
 """The decoding loops: one token per row per step (greedy or sampled), and beam search.
 
 Both drive a :class:`~tfgraph.decoding.session.Session` and stop at ``max_new_tokens`` or when every row (every
-beam search input) is done. A row that produced a stop token is finished: later steps give it ``pad``.
+beam search input) is done. A row that produced a stop token is finished: later steps give it ``pad``. Beam search
+keeps each input's best finished sequences in :class:`Hypotheses`.
 """
 
 from __future__ import annotations
