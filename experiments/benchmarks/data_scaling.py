@@ -12,6 +12,8 @@ so that its peak RSS is its own:
 - ``encode``: the same preparation with the tokenizer given (tokenizer_path), so encoding alone, beside
 - ``baseline``: the minimal streaming encoder with the same tokenizer: 20k-line batches, ``encode_batch``,
   uint16 ids appended to a file.
+
+``encode`` and ``baseline`` run twice, interleaved, and each keeps its faster run.
 """
 
 from __future__ import annotations
@@ -124,13 +126,26 @@ def run(sizes: list[int], work: Path) -> dict:
         built = build_corpus(corpus, size * MB)
         tokenizer = work / f"tokenizer_{size}.json"
         row: dict = {"mb": size, "corpus": built}
-        for kind, cache in (("prepare", "a"), ("reopen", "a"), ("encode", "b"), ("baseline", "c")):
+        # encode and baseline twice, interleaved, each kept at its faster run: other processes of a shared
+        # machine then slow both alike
+        steps = [
+            ("prepare", "a"),
+            ("reopen", "a"),
+            ("encode", "b"),
+            ("baseline", "c"),
+            ("encode", "d"),
+            ("baseline", "e"),
+        ]
+        for kind, cache in steps:
             (work / f"{cache}{size}").mkdir(exist_ok=True)
-            row[kind] = measure(kind, corpus, work / f"{cache}{size}", tokenizer)
-            print(size, kind, row[kind], file=sys.stderr, flush=True)
+            measured = measure(kind, corpus, work / f"{cache}{size}", tokenizer)
+            print(size, kind, measured, file=sys.stderr, flush=True)
+            if kind not in row or measured["seconds"] < row[kind]["seconds"]:
+                row[kind] = measured
+        row["prepared_bytes"] = sum(p.stat().st_size for p in (work / f"a{size}").rglob("*") if p.is_file())
         rows.append(row)
         corpus.unlink()
-        for cache in "abc":
+        for cache in "abcde":
             shutil.rmtree(work / f"{cache}{size}", ignore_errors=True)
     return {"environment": environment(), "rows": rows}
 
@@ -143,14 +158,16 @@ def table(result: dict) -> str:
         "Encode only and baseline: MB of text per second and peak RSS; the ratio is of text throughput (the baseline "
         "encodes each line apart, which makes more tokens of the same text).",
         "",
-        "| corpus | tokens | prepare (first run) | peak RSS | reopen | encode only | baseline | encode / baseline |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| corpus | tokens | on disk | prepare (first run) | peak RSS | reopen | encode only | baseline | "
+        "encode / baseline |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["rows"]:
         prep, reopen, enc, base = row["prepare"], row["reopen"], row["encode"], row["baseline"]
         enc_rate, base_rate = row["mb"] / enc["seconds"], row["mb"] / base["seconds"]
         lines.append(
-            f"| {row['mb']} MB | {prep['tokens'] / 1e6:.1f} M | {prep['seconds']:.1f} s | {prep['peak_rss_mb']:.0f} MB "
+            f"| {row['mb']} MB | {prep['tokens'] / 1e6:.1f} M | {row['prepared_bytes'] / 1e6:.0f} MB "
+            f"| {prep['seconds']:.1f} s | {prep['peak_rss_mb']:.0f} MB "
             f"| {reopen['seconds']:.2f} s ({reopen['peak_rss_mb']:.0f} MB) | {enc_rate:.2f} MB/s, "
             f"{enc['tokens'] / enc['seconds'] / 1e6:.2f} M tok/s ({enc['peak_rss_mb']:.0f} MB) | {base_rate:.2f} MB/s, "
             f"{base['tokens'] / base['seconds'] / 1e6:.2f} M tok/s ({base['peak_rss_mb']:.0f} MB) "
