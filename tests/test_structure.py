@@ -249,3 +249,15 @@ def test_kinds_are_inherited_for_initialisation_and_other_classes_are_no_blocks(
         sizes={"d_model": 16, "vocab_size": 40, "max_len": 24},
     )
     assert model.aux_loss() is None and not model.has_aux_loss
+
+
+def test_a_model_pickles_and_deep_copies() -> None:
+    import copy
+    import pickle
+
+    model = tfgraph.build_model(TINY)
+    ids = torch.randint(40, (1, 5))
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert dict(twin.sizes) == dict(model.sizes) and twin.max_len == 24
+        torch.testing.assert_close(twin(ids), model(ids))
+        assert twin.head.weight is twin.embedding.weight

@@ -189,7 +189,7 @@ class Transformer(nn.Module):
         self.head = head
         if head is not None and tie_embeddings:
             head.weight = embedding.weight
-        self._sizes = MappingProxyType(dict(sizes))
+        self._sizes = dict(sizes)  # a plain dict, so that the model pickles (spawned DDP workers) and deep-copies
         self._init_std = float(init_std)
         self._tie_embeddings = bool(tie_embeddings)
         self.spec = spec
@@ -198,7 +198,7 @@ class Transformer(nn.Module):
     @property
     def sizes(self) -> Mapping[str, Any]:
         """The model-level sizes (``d_model``, ``n_heads``, ``max_len``, ...), read-only."""
-        return self._sizes
+        return MappingProxyType(self._sizes)
 
     @property
     def max_len(self) -> int:
