@@ -14,7 +14,7 @@ import pytest
 import tfgraph
 from tfgraph.cli.prepare import prepare, report
 from tfgraph.data import DataConfigError, LabeledDataModule, PairsDataModule, TextDataModule, readers, store
-from tfgraph.data.examples import TextExamples, split_text
+from tfgraph.data.examples import StreamedExamples, StreamedSplit, TextExamples, hold_out, split_text
 from tfgraph.data.readers import read_text, text_pieces
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -184,3 +184,15 @@ def test_tfgraph_prepare_reports_the_folder_tokens_and_size(tmp_path: Path) -> N
     assert lines[0] == f"prepared: {result['folder']}"
     assert lines[1].startswith(f"tokens: {sum(result['tokens'].values()):,} (train ")
     assert lines[-1].startswith("size: ") and lines[-1].endswith(" MiB")
+
+
+def test_streamed_examples_are_held_out_as_a_list_of_them_is(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"s{i}\tt{i}\n" for i in range(50)), encoding="utf-8")
+    streamed = StreamedExamples(lambda: readers.iter_pairs(path))
+    assert len(streamed) == 50 and list(streamed) == readers.read_pairs(path)
+    for fractions in ((0.1, 0.1), (0.3, 0.0), (0.0, 0.0)):
+        parts = hold_out(streamed, *fractions, seed=3)
+        assert all(isinstance(part, StreamedSplit) for part in parts)
+        assert [list(part) for part in parts] == [list(part) for part in hold_out(list(streamed), *fractions, seed=3)]
+        assert [len(part) for part in parts] == [len(list(part)) for part in parts]
