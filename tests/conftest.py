@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
 
 import tfgraph
@@ -10,6 +13,11 @@ from tfgraph.config import conf_dir
 TINY_PRESETS = ("gpt2_tiny", "llama_tiny", "bert_tiny", "t5_tiny", "transformer_tiny")
 FULL_PRESETS = ("gpt2", "llama", "bert", "t5", "transformer")
 SWAPPABLE_GROUPS = ("attention", "position", "norm", "ffn", "layer")
+
+# Graphviz is a system program, not a Python package: a test that renders svg or png skips where it is missing.
+needs_dot = pytest.mark.skipif(
+    shutil.which("dot") is None, reason="needs Graphviz's `dot` on PATH (apt-get install graphviz)"
+)
 
 
 def group_options(group: str) -> list[str]:

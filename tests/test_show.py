@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tfgraph
+from tests.conftest import needs_dot
 from tfgraph.show import GraphvizMissing, show
 
 
@@ -139,6 +140,7 @@ def test_command_prints_the_tree_and_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # no outputs/, no .hydra/, no show.log
 
 
+@needs_dot
 def test_command_renders_svg(tmp_path: Path) -> None:
     result = _cli(
         "model=t5_tiny", "model.n_layers=3", "model.n_decoder_layers=1", "format=svg", "out=t5.svg", cwd=tmp_path

@@ -10,7 +10,7 @@ import pytest
 from tfgraph.data import sword
 from tfgraph.data.errors import DataError
 
-pysword_modules = pytest.importorskip("pysword.modules")
+pysword_modules = pytest.importorskip("pysword.modules", reason="pip install pysword (in the dev extra)")
 MODULES = {"KJV": "engKJV2006eb", "RV1909": "spaRV1909eb"}
 
 
