@@ -13,13 +13,14 @@ The stack calls the hooks once per forward; attention blocks read the results fr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import torch
 from torch import Tensor, nn
 
 from tfgraph.blocks.context import Position
-from tfgraph.registry import AtLeast, Interval, Positive, register
+from tfgraph.registry import AtLeast, ConfigError, Interval, Positive, register
 
 
 @register("position", "none")
@@ -92,6 +93,9 @@ class RotaryPosition(Position):
         base: the wavelength base ``theta``; positive.
         fraction: the share of each head's dimensions that is rotated, in ``(0, 1]``; ``rot_dim`` is
             ``int(head_dim * fraction)`` rounded down to an even number.
+        scaling: context-extension scaling of the frequencies as Hugging Face stores it (``rope_scaling`` or
+            ``rope_parameters``): a mapping with ``rope_type`` (or the older ``type``) and that type's keys, see
+            :data:`ROPE_SCALINGS`; ``None`` = unscaled.
     """
 
     def __init__(
@@ -102,8 +106,12 @@ class RotaryPosition(Position):
         max_len: int,
         base: Annotated[float, Positive] = 10000.0,
         fraction: Annotated[float, Interval(gt=0, le=1)] = 1.0,
+        scaling: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        problem = scaling_problem(scaling)
+        if problem:
+            raise ConfigError.at("scaling", problem)
         if d_model % n_heads:
             raise ValueError(f"rope: d_model={d_model} is not divisible by n_heads={n_heads}")
         if not 0.0 < fraction <= 1.0:
@@ -112,23 +120,28 @@ class RotaryPosition(Position):
         self.rot_dim = _rot_dim(head_dim, fraction)
         if self.rot_dim == 0:
             raise ValueError(f"rope: fraction={fraction} of head_dim={head_dim} leaves no pair of dimensions to rotate")
-        # Computed in float32 the way Hugging Face does, so that imported checkpoints reproduce exactly.
-        inv_freq = 1.0 / (base ** (torch.arange(0, self.rot_dim, 2, dtype=torch.int64).float() / self.rot_dim))
+        inv_freq, attention_factor = rope_frequencies(self.rot_dim, base, scaling, max_len)
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # [max_len, rot_dim / 2]
         angles = torch.cat((freqs, freqs), dim=-1)  # [max_len, rot_dim], the rotate_half layout
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("cos", angles.cos() * attention_factor, persistent=False)
+        self.register_buffer("sin", angles.sin() * attention_factor, persistent=False)
 
     @staticmethod
-    def check_args(*, d_model: int, n_heads: int, fraction: float, **_: Any) -> dict[str, str]:
-        """At least one pair of each head's dimensions must rotate (see :func:`tfgraph.registry.bind`)."""
+    def check_args(
+        *, d_model: int, n_heads: int, fraction: float = 1.0, scaling: Any = None, **_: Any
+    ) -> dict[str, str]:
+        """At least one pair of each head's dimensions must rotate, and the scaling must be one supported."""
+        problems = {}
         head_dim = d_model // n_heads
         if _rot_dim(head_dim, fraction) == 0:
-            return {
-                "fraction": f"fraction={fraction} of head_dim={head_dim} (model.d_model / model.n_heads) leaves no "
+            problems["fraction"] = (
+                f"fraction={fraction} of head_dim={head_dim} (model.d_model / model.n_heads) leaves no "
                 "pair of dimensions to rotate; raise fraction or the head size"
-            }
-        return {}
+            )
+        problem = scaling_problem(scaling)
+        if problem:
+            problems["scaling"] = problem
+        return problems
 
     def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions: [T] -> ``(cos, sin)``, each [T, rot_dim]; per-row positions [B, T] -> each [B, 1, T, rot_dim]."""
@@ -136,6 +149,154 @@ class RotaryPosition(Position):
         if positions.dim() == 2:  # one table per row, broadcast over the heads
             return cos[:, None], sin[:, None]
         return cos, sin
+
+
+def _default_frequencies(inv_freq: Tensor, **_: Any) -> tuple[Tensor, float]:
+    return inv_freq, 1.0
+
+
+def _linear_frequencies(inv_freq: Tensor, *, factor: float, **_: Any) -> tuple[Tensor, float]:
+    """Position interpolation (Chen et al., 2023): every frequency divided by ``factor``."""
+    return inv_freq / factor, 1.0
+
+
+def _llama3_frequencies(
+    inv_freq: Tensor,
+    *,
+    factor: float,
+    low_freq_factor: float,
+    high_freq_factor: float,
+    original_max_position_embeddings: int,
+    **_: Any,
+) -> tuple[Tensor, float]:
+    """Llama 3.1's scaling: wavelengths above ``original / low_freq_factor`` are divided by ``factor``, those below
+    ``original / high_freq_factor`` kept, and the band between blends the two linearly in ``original / wavelength``.
+    """
+    wavelength = 2 * math.pi / inv_freq
+    # 0 where the wavelength is long (interpolate fully), 1 where it is short (keep), linear in between.
+    keep = (
+        (original_max_position_embeddings / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    ).clamp(0, 1)
+    return keep * inv_freq + (1 - keep) * inv_freq / factor, 1.0
+
+
+def _yarn_frequencies(
+    inv_freq: Tensor,
+    *,
+    rot_dim: int,
+    base: float,
+    max_len: int,
+    factor: float | None = None,
+    original_max_position_embeddings: int | None = None,
+    attention_factor: float | None = None,
+    mscale: float | None = None,
+    mscale_all_dim: float | None = None,
+    beta_fast: float | None = None,
+    beta_slow: float | None = None,
+    truncate: bool = True,
+    **_: Any,
+) -> tuple[Tensor, float]:
+    """YaRN (Peng et al., 2023): dimensions that turn fewer than ``beta_slow`` times over the original context are
+    interpolated by ``factor``, those turning more than ``beta_fast`` times kept, a linear ramp between; cos and sin
+    are multiplied by ``attention_factor`` (``0.1 ln(factor) + 1`` unless given).
+    """
+    original = original_max_position_embeddings or max_len
+    factor = max_len / original if factor is None else factor
+
+    def magnitude(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if attention_factor is None:
+        attention_factor = (
+            magnitude(factor, mscale) / magnitude(factor, mscale_all_dim)
+            if mscale and mscale_all_dim
+            else magnitude(factor)
+        )
+
+    def dimension_turning(turns: float) -> float:  # the dimension that turns `turns` times over the original context
+        return rot_dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dimension_turning(beta_fast or 32), dimension_turning(beta_slow or 1)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rot_dim - 1)
+    high = high + 0.001 if low == high else high
+    interpolate = ((torch.arange(rot_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    return inv_freq / factor * interpolate + inv_freq * (1 - interpolate), float(attention_factor)
+
+
+ROPE_SCALINGS: dict[str, tuple[Any, tuple[str, ...], tuple[str, ...]]] = {
+    # rope_type: (function, required keys, optional keys), as Hugging Face's modeling_rope_utils names them
+    "default": (_default_frequencies, (), ()),
+    "linear": (_linear_frequencies, ("factor",), ()),
+    "llama3": (
+        _llama3_frequencies,
+        ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+        (),
+    ),
+    "yarn": (
+        _yarn_frequencies,
+        (),
+        (
+            "factor",
+            "original_max_position_embeddings",
+            "attention_factor",
+            "mscale",
+            "mscale_all_dim",
+            "beta_fast",
+            "beta_slow",
+            "truncate",
+        ),
+    ),
+}
+"""The supported RoPE scalings: ``rope_type`` -> (function, required keys, optional keys)."""
+
+
+def _scaling_type(scaling: Mapping[str, Any]) -> str | None:
+    return scaling.get("rope_type") or scaling.get("type")
+
+
+def scaling_problem(scaling: Any) -> str | None:
+    """What is wrong with a ``scaling`` mapping (see :data:`ROPE_SCALINGS`), or None when it is supported."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, Mapping):
+        return f"expected a mapping with rope_type and its keys, got {scaling!r}"
+    rope_type = _scaling_type(scaling)
+    if rope_type not in ROPE_SCALINGS:
+        return f"rope_type {rope_type!r} is not supported; supported: {', '.join(ROPE_SCALINGS)}"
+    _, required, optional = ROPE_SCALINGS[rope_type]
+    keys = set(scaling) - {"rope_type", "type"}
+    missing = [key for key in required if key not in keys]
+    unknown = sorted(keys - set(required) - set(optional))
+    if missing or unknown:
+        return f"rope_type {rope_type!r}: missing {missing}, unknown {unknown}; it takes {list(required)}" + (
+            f" and optionally {list(optional)}" if optional else ""
+        )
+    numbers = [key for key in keys if key != "truncate" and scaling[key] is not None]
+    wrong = [key for key in numbers if isinstance(scaling[key], bool) or not isinstance(scaling[key], (int, float))]
+    if wrong:
+        return f"rope_type {rope_type!r}: expected numbers for {sorted(wrong)}"
+    if any(scaling[key] <= 0 for key in numbers if key not in ("mscale", "mscale_all_dim")):
+        return f"rope_type {rope_type!r}: expected positive {sorted(numbers)}"
+    if rope_type == "llama3" and scaling["low_freq_factor"] >= scaling["high_freq_factor"]:
+        return f"rope_type 'llama3': expected low_freq_factor < high_freq_factor, got {dict(scaling)}"
+    return None
+
+
+def rope_frequencies(
+    rot_dim: int, base: float, scaling: Mapping[str, Any] | None, max_len: int
+) -> tuple[Tensor, float]:
+    """The inverse frequencies ``[rot_dim / 2]`` of RoPE and the factor on cos and sin, scaled by ``scaling``.
+
+    Computed in float32 the way Hugging Face does, so that imported checkpoints reproduce exactly.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim))
+    if scaling is None:
+        return inv_freq, 1.0
+    function, _, _ = ROPE_SCALINGS[_scaling_type(scaling)]
+    keys = {key: value for key, value in scaling.items() if key not in ("rope_type", "type")}
+    return function(inv_freq, rot_dim=rot_dim, base=base, max_len=max_len, **keys)
 
 
 def _rot_dim(head_dim: int, fraction: float) -> int:

@@ -1,0 +1,182 @@
+"""Block options that Hugging Face families need, each against a computation written out here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tfgraph.blocks.position import RotaryPosition
+from tfgraph.registry import ConfigError
+
+HEAD_DIM, BASE, MAX_LEN = 64, 500000.0, 64
+
+
+def _unscaled(head_dim: int = HEAD_DIM, base: float = BASE) -> list[float]:
+    return [base ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+
+
+def _rope(scaling: dict | None, *, max_len: int = MAX_LEN, base: float = BASE) -> RotaryPosition:
+    return RotaryPosition(d_model=HEAD_DIM * 2, n_heads=2, max_len=max_len, base=base, scaling=scaling)
+
+
+def _assert_tables(rope: RotaryPosition, inv_freq: list[float], attention_factor: float = 1.0) -> None:
+    """cos/sin tables of the block against cos(p * f) and sin(p * f) for the expected frequencies f."""
+    positions = torch.arange(rope.cos.shape[0], dtype=torch.float64)[:, None]
+    angles = positions * torch.tensor(inv_freq, dtype=torch.float64)
+    angles = torch.cat((angles, angles), dim=-1)
+    torch.testing.assert_close(rope.cos.double(), angles.cos() * attention_factor, atol=2e-5, rtol=0)
+    torch.testing.assert_close(rope.sin.double(), angles.sin() * attention_factor, atol=2e-5, rtol=0)
+
+
+def test_rope_linear_divides_every_frequency():
+    _assert_tables(_rope({"rope_type": "linear", "factor": 4.0}), [f / 4.0 for f in _unscaled()])
+
+
+def test_rope_llama3_stretches_long_wavelengths_only():
+    factor, low, high, original = 32.0, 1.0, 4.0, 8192
+    expected = []
+    for f in _unscaled():
+        wavelength = 2 * math.pi / f
+        if wavelength < original / high:
+            expected.append(f)
+        elif wavelength > original / low:
+            expected.append(f / factor)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            expected.append((1 - smooth) * f / factor + smooth * f)
+    assert any(e == f for e, f in zip(expected, _unscaled(), strict=True)) and any(
+        e < f / 2 for e, f in zip(expected, _unscaled(), strict=True)
+    )
+    scaling = {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": original,
+    }
+    _assert_tables(_rope(scaling), expected)
+    _assert_tables(
+        _rope({key: value for key, value in scaling.items() if key != "rope_type"} | {"type": "llama3"}), expected
+    )  # older configs' key
+
+
+@pytest.mark.parametrize("extra", [{}, {"beta_fast": 16, "beta_slow": 2, "attention_factor": 0.9}])
+def test_rope_yarn_ramps_between_kept_and_interpolated(extra):
+    factor, original, dim = 8.0, 4096, HEAD_DIM
+    beta_fast, beta_slow = extra.get("beta_fast", 32), extra.get("beta_slow", 1)
+
+    def dimension(turns):  # the pair index whose wavelength fits `turns` times in the original context
+        return dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(BASE))
+
+    low, high = max(math.floor(dimension(beta_fast)), 0), min(math.ceil(dimension(beta_slow)), dim - 1)
+    expected = []
+    for i, f in enumerate(_unscaled()):
+        ramp = min(max((i - low) / (high - low), 0.0), 1.0)  # 0: keep f, 1: f / factor
+        expected.append(ramp * f / factor + (1 - ramp) * f)
+    attention_factor = extra.get("attention_factor", 0.1 * math.log(factor) + 1)
+    scaling = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original, **extra}
+    _assert_tables(_rope(scaling), expected, attention_factor)
+
+
+def test_rope_yarn_factor_defaults_to_the_context_ratio():
+    scaling = {"rope_type": "yarn", "original_max_position_embeddings": 16}
+    explicit = _rope({**scaling, "factor": MAX_LEN / 16})
+    torch.testing.assert_close(_rope(scaling).cos, explicit.cos)
+
+
+@pytest.mark.parametrize(
+    ("scaling", "says"),
+    [
+        (
+            {"rope_type": "dynamic", "factor": 2.0},
+            "'dynamic' is not supported; supported: default, linear, llama3, yarn",
+        ),
+        ({"rope_type": "linear"}, "missing ['factor']"),
+        ({"rope_type": "linear", "factor": 2.0, "facter": 1}, "unknown ['facter']"),
+        ({"rope_type": "linear", "factor": -2.0}, "expected positive"),
+        ({"rope_type": "linear", "factor": "x"}, "expected numbers for ['factor']"),
+        (
+            {
+                "rope_type": "llama3",
+                "factor": 8,
+                "low_freq_factor": 4,
+                "high_freq_factor": 1,
+                "original_max_position_embeddings": 8192,
+            },
+            "low_freq_factor < high_freq_factor",
+        ),
+    ],
+)
+def test_rope_scaling_errors_name_the_problem(scaling, says):
+    with pytest.raises(ConfigError, match="scaling") as err:
+        _rope(scaling)
+    assert says in str(err.value)
+
+
+def test_rope_scaling_error_reported_at_its_config_path():
+    import tfgraph
+
+    cfg = tfgraph.compose(["model=llama_tiny", "model.position.scaling.rope_type=longrope"])
+    with pytest.raises(ConfigError) as err:
+        tfgraph.build_model(cfg.model)
+    assert "model.position.scaling" in str(err.value) and "'longrope' is not supported" in str(err.value)
+
+
+def test_llama_preset_is_llama_3_2():
+    import tfgraph
+
+    cfg = tfgraph.compose(["model=llama"])
+    assert cfg.model.position.base == 500000.0
+    assert dict(cfg.model.position.scaling) == {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+
+
+def test_rope_inv_freq_matches_transformers():
+    modeling_rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
+    from transformers import LlamaConfig
+
+    from tfgraph.blocks.position import rope_frequencies
+
+    cases = [
+        {"rope_type": "linear", "factor": 4.0},
+        {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096},
+    ]
+    for scaling in cases:
+        config = LlamaConfig(
+            hidden_size=HEAD_DIM * 2,
+            num_attention_heads=2,
+            max_position_embeddings=32768,
+            rope_theta=BASE,
+            rope_scaling=dict(scaling),
+        )
+        theirs, their_factor = modeling_rope_utils.ROPE_INIT_FUNCTIONS[scaling["rope_type"]](config, "cpu")
+        ours, our_factor = rope_frequencies(HEAD_DIM, BASE, scaling, 32768)
+        torch.testing.assert_close(ours, theirs.float(), rtol=1e-6, atol=0)
+        assert our_factor == pytest.approx(their_factor)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        (["model=llama_tiny"], "scaling={'rope_type': 'llama3', 'factor': 32.0,"),
+    ],
+)
+def test_show_lists_the_option(overrides, shown):
+    import tfgraph
+    from tfgraph.show import show
+
+    assert shown in show(tfgraph.compose(overrides, config_name="show"))
