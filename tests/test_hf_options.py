@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from tfgraph.blocks.attention import CrossAttention, MultiHeadAttention
+from tfgraph.blocks.context import Position, self_attention_context
 from tfgraph.blocks.position import RotaryPosition
 from tfgraph.registry import ConfigError
 
@@ -173,6 +175,7 @@ def test_rope_inv_freq_matches_transformers():
     ("overrides", "shown"),
     [
         (["model=llama_tiny"], "scaling={'rope_type': 'llama3', 'factor': 32.0,"),
+        (["model=llama_tiny", "+model.attention.qkv_bias=true"], "qkv_bias=True, out_bias=None"),
     ],
 )
 def test_show_lists_the_option(overrides, shown):
@@ -180,3 +183,63 @@ def test_show_lists_the_option(overrides, shown):
     from tfgraph.show import show
 
     assert shown in show(tfgraph.compose(overrides, config_name="show"))
+
+
+def _randomised(block: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    for p in block.parameters():  # biases and norm weights too, so that a forgotten one shows
+        torch.nn.init.normal_(p, std=0.3)
+    return block.double().eval()
+
+
+def _direct_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, *, n_heads, n_kv_heads, head_dim, qk_eps=None):
+    """Causal multi-head attention written out: per-head projections, optional RMS qk-norm, softmax, output."""
+    b, t, _ = x.shape
+
+    def heads(w, bias, n):
+        y = x @ w.T + (0 if bias is None else bias)
+        return y.view(b, t, n, head_dim).transpose(1, 2)  # [B, n, T, hd]
+
+    q, k, v = heads(wq, bq, n_heads), heads(wk, bk, n_kv_heads), heads(wv, bv, n_kv_heads)
+    if qk_eps is not None:  # unit weights: the test leaves the norms' weights at one where it passes qk_eps
+        q = q / torch.sqrt(q.pow(2).mean(-1, keepdim=True) + qk_eps)
+        k = k / torch.sqrt(k.pow(2).mean(-1, keepdim=True) + qk_eps)
+    group = n_heads // n_kv_heads
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, n_heads * head_dim)
+    return y @ wo.T + (0 if bo is None else bo)
+
+
+def _run_self_attention(block, x):
+    ctx = self_attention_context(Position(), torch.arange(x.shape[1]), causal=True)
+    return block(x, ctx)
+
+
+def _fused_parts(block):
+    """The q, k, v weights and biases of a fused ``qkv`` projection, by rows."""
+    q_rows, kv_rows = block.n_heads * block.head_dim, block.n_kv_heads * block.head_dim
+    weights = block.qkv.weight.split([q_rows, kv_rows, kv_rows])
+    biases = (None,) * 3 if block.qkv.bias is None else block.qkv.bias.split([q_rows, kv_rows, kv_rows])
+    return weights, biases
+
+
+@pytest.mark.parametrize(("qkv_bias", "out_bias"), [(True, False), (False, True), (None, None)])
+def test_attention_biases_apart(qkv_bias, out_bias):
+    block = _randomised(
+        MultiHeadAttention(d_model=32, n_heads=4, n_kv_heads=2, bias=False, qkv_bias=qkv_bias, out_bias=out_bias)
+    )
+    assert (block.qkv.bias is not None) == bool(qkv_bias) and (block.out.bias is not None) == bool(out_bias)
+    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    (wq, wk, wv), (bq, bk, bv) = _fused_parts(block)
+    expected = _direct_attention(
+        x, wq, bq, wk, bk, wv, bv, block.out.weight, block.out.bias, n_heads=4, n_kv_heads=2, head_dim=8
+    )
+    torch.testing.assert_close(_run_self_attention(block, x), expected)
+
+
+def test_cross_attention_biases_apart():
+    block = CrossAttention(d_model=32, n_heads=4, qkv_bias=True, out_bias=False)
+    assert block.q.bias is not None and block.kv.bias is not None and block.out.bias is None
+    assert MultiHeadAttention(d_model=32, n_heads=4, bias=False).qkv.bias is None  # bias alone still means both

@@ -33,6 +33,11 @@ def _head_sizes(name: str, d_model: int, n_heads: int, n_kv_heads: int | None) -
     return n_kv_heads, d_model // n_heads
 
 
+def _either(specific: bool | None, general: bool) -> bool:
+    """A projection's own bias flag, or the block's ``bias`` when it is not set."""
+    return general if specific is None else specific
+
+
 def _split_heads(x: Tensor, n_heads: int) -> Tensor:
     """[B, T, n_heads * head_dim] -> [B, n_heads, T, head_dim]."""
     B, T, C = x.shape
@@ -96,7 +101,9 @@ class MultiHeadAttention(ScaledDotProductAttention):
         n_heads: number of query heads.
         n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
         dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
-        bias: whether the projections have biases.
+        bias: whether the projections have biases (both ``qkv_bias`` and ``out_bias`` unless they are set).
+        qkv_bias: whether the q, k and v projections have biases (``None`` = ``bias``; Qwen2: true, out false).
+        out_bias: whether the output projection has a bias (``None`` = ``bias``).
         qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before rotary and scoring.
         softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
@@ -111,6 +118,8 @@ class MultiHeadAttention(ScaledDotProductAttention):
         n_kv_heads: int | None = None,
         dropout: Annotated[float, Probability] = 0.0,
         bias: bool = True,
+        qkv_bias: bool | None = None,
+        out_bias: bool | None = None,
         qk_norm: bool = False,
         softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
@@ -120,8 +129,8 @@ class MultiHeadAttention(ScaledDotProductAttention):
         self.dropout = dropout
         self.softmax_scale = softmax_scale
         self.window: int | None = None  # the key of this block's mask in ctx.masks (None = global)
-        self.qkv = nn.Linear(d_model, d_model + 2 * self.n_kv_heads * self.head_dim, bias=bias)
-        self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.qkv = nn.Linear(d_model, d_model + 2 * self.n_kv_heads * self.head_dim, bias=_either(qkv_bias, bias))
+        self.out = nn.Linear(d_model, d_model, bias=_either(out_bias, bias))
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
@@ -161,7 +170,7 @@ class SlidingWindowAttention(MultiHeadAttention):
     Args:
         window: how many positions (the token's own included) a token attends to; positive.
         **arguments: every argument of :class:`MultiHeadAttention` (``d_model``, ``n_heads``, ``n_kv_heads``,
-            ``dropout``, ``bias``, ``qk_norm``, ``softmax_scale``); the signature lists them all.
+            ``dropout``, ``bias``, ``qkv_bias``, ``out_bias``, ``qk_norm``, ``softmax_scale``); the signature lists them all.
     """
 
     @extend_arguments(MultiHeadAttention.__init__)
@@ -184,7 +193,9 @@ class CrossAttention(ScaledDotProductAttention):
         n_heads: number of query heads.
         n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
         dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
-        bias: whether the projections have biases.
+        bias: whether the projections have biases (both ``qkv_bias`` and ``out_bias`` unless they are set).
+        qkv_bias: whether the q and kv projections have biases (``None`` = ``bias``).
+        out_bias: whether the output projection has a bias (``None`` = ``bias``).
         qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before scoring.
         softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
@@ -199,6 +210,8 @@ class CrossAttention(ScaledDotProductAttention):
         n_kv_heads: int | None = None,
         dropout: Annotated[float, Probability] = 0.0,
         bias: bool = True,
+        qkv_bias: bool | None = None,
+        out_bias: bool | None = None,
         qk_norm: bool = False,
         softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
@@ -207,9 +220,9 @@ class CrossAttention(ScaledDotProductAttention):
         self.n_heads = n_heads
         self.dropout = dropout
         self.softmax_scale = softmax_scale
-        self.q = nn.Linear(d_model, d_model, bias=bias)
-        self.kv = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
-        self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.q = nn.Linear(d_model, d_model, bias=_either(qkv_bias, bias))
+        self.kv = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=_either(qkv_bias, bias))
+        self.out = nn.Linear(d_model, d_model, bias=_either(out_bias, bias))
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
