@@ -176,6 +176,7 @@ def test_rope_inv_freq_matches_transformers():
     [
         (["model=llama_tiny"], "scaling={'rope_type': 'llama3', 'factor': 32.0,"),
         (["model=llama_tiny", "+model.attention.qkv_bias=true"], "qkv_bias=True, out_bias=None"),
+        (["model=llama_tiny", "model.head_dim=24"], "2 key/value heads, head_dim 24,"),
     ],
 )
 def test_show_lists_the_option(overrides, shown):
@@ -243,3 +244,50 @@ def test_cross_attention_biases_apart():
     block = CrossAttention(d_model=32, n_heads=4, qkv_bias=True, out_bias=False)
     assert block.q.bias is not None and block.kv.bias is not None and block.out.bias is None
     assert MultiHeadAttention(d_model=32, n_heads=4, bias=False).qkv.bias is None  # bias alone still means both
+
+
+def test_head_dim_apart_from_d_model():
+    block = _randomised(MultiHeadAttention(d_model=32, n_heads=4, n_kv_heads=2, head_dim=12))
+    assert block.qkv.weight.shape == (4 * 12 + 2 * 2 * 12, 32) and block.out.weight.shape == (32, 48)
+    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    (wq, wk, wv), (bq, bk, bv) = _fused_parts(block)
+    expected = _direct_attention(
+        x, wq, bq, wk, bk, wv, bv, block.out.weight, block.out.bias, n_heads=4, n_kv_heads=2, head_dim=12
+    )
+    torch.testing.assert_close(_run_self_attention(block, x), expected)
+    cross = CrossAttention(d_model=32, n_heads=4, head_dim=12)
+    assert cross.q.weight.shape == (48, 32) and cross.kv.weight.shape == (96, 32) and cross.out.weight.shape == (32, 48)
+
+
+def test_rope_takes_the_head_dim():
+    rope = RotaryPosition(d_model=32, n_heads=4, head_dim=12, max_len=8, base=100.0)
+    assert rope.cos.shape == (8, 12)
+    _assert_tables(rope, [100.0 ** (-2 * i / 12) for i in range(6)])
+
+
+@pytest.mark.parametrize("preset", ["llama_tiny", "t5_tiny"])
+def test_model_head_dim_reaches_every_head_and_the_cache(preset):
+    from tests.conftest import build
+    from tfgraph.decoding import generate
+
+    model = build([f"model={preset}", "model.head_dim=24", "model.init_std=0.1", "model.max_len=64"])
+    attention = [m for m in model.modules() if isinstance(m, MultiHeadAttention | CrossAttention)]
+    assert attention and all(m.head_dim == 24 for m in attention)
+    prompt = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(1))
+    start = {"decoder_start_token_id": 0} if model.topology == "encoder_decoder" else {}
+    kwargs = dict(max_new_tokens=6, output_logits=True, **start)
+    cached = generate(model, prompt, use_cache=True, **kwargs)
+    full = generate(model, prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, full.sequences)
+    torch.testing.assert_close(cached.logits, full.logits, rtol=0, atol=1e-5)
+
+
+def test_head_dim_lifts_the_divisibility_of_d_model():
+    import tfgraph
+
+    with pytest.raises(ConfigError, match="or set model.head_dim"):
+        tfgraph.build_model(tfgraph.compose(["model=llama_tiny", "model.n_heads=6", "model.n_kv_heads=2"]).model)
+    model = tfgraph.build_model(
+        tfgraph.compose(["model=llama_tiny", "model.n_heads=6", "model.n_kv_heads=2", "model.head_dim=16"]).model
+    )
+    assert {m.head_dim for m in model.modules() if isinstance(m, MultiHeadAttention)} == {16}

@@ -292,6 +292,7 @@ def render_text(model: Transformer, flops: FlopCount, name: str | None = None) -
         lines.append((text.ljust(width) + cells).rstrip())
     sizes = model.sizes
     kv = f", {sizes['n_kv_heads']} key/value heads" if sizes["n_kv_heads"] != sizes["n_heads"] else ""
+    kv += f", head_dim {sizes['head_dim']}" if sizes.get("head_dim") is not None else ""
     lines += [
         "",
         f"d_model {sizes['d_model']}, {sizes['n_heads']} heads{kv}, d_ff {sizes['d_ff']}, "

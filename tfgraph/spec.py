@@ -29,7 +29,7 @@ from tfgraph.registry import (
 
 TOPOLOGIES = ("encoder_only", "decoder_only", "encoder_decoder")
 # Model-level values that reach blocks by constructor parameter name.
-SIZE_KEYS = ("d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "max_len", "dropout")
+SIZE_KEYS = ("d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "max_len", "dropout")
 PART_KINDS = {
     "attention": "attention",
     "cross_attention": "attention",
@@ -267,6 +267,7 @@ def _sizes(cfg: Mapping[str, Any], path: str, problems: Problems) -> dict[str, A
         sizes[key] = _count(cfg, key, path, problems)
     n_kv = cfg.get("n_kv_heads")
     sizes["n_kv_heads"] = sizes["n_heads"] if n_kv is None else _count(cfg, "n_kv_heads", path, problems)
+    sizes["head_dim"] = None if cfg.get("head_dim") is None else _count(cfg, "head_dim", path, problems)
     dropout = cfg.get("dropout", 0.0)
     if (message := check_value(dropout, PROBABILITY)) is not None:
         problems.add(f"{path}.dropout", message)
@@ -274,11 +275,11 @@ def _sizes(cfg: Mapping[str, Any], path: str, problems: Problems) -> dict[str, A
     sizes["dropout"] = float(dropout)
 
     d_model, n_heads, n_kv = sizes["d_model"], sizes["n_heads"], sizes["n_kv_heads"]
-    if d_model and n_heads and d_model % n_heads:
+    if d_model and n_heads and d_model % n_heads and sizes["head_dim"] is None:
         problems.add(
             f"{path}.n_heads",
             f"model.d_model ({d_model}) is not divisible by model.n_heads ({n_heads}): each head gets "
-            f"d_model / n_heads dimensions; pick n_heads among {_divisors(d_model)} or change d_model",
+            f"d_model / n_heads dimensions; pick n_heads among {_divisors(d_model)}, change d_model or set model.head_dim",
         )
     if n_heads and n_kv and n_heads % n_kv:
         problems.add(

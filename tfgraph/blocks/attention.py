@@ -21,16 +21,20 @@ from tfgraph.blocks.position import apply_rotary
 from tfgraph.registry import AtLeast, Positive, Probability, extend_arguments, register
 
 
-def _head_sizes(name: str, d_model: int, n_heads: int, n_kv_heads: int | None) -> tuple[int, int]:
-    """Validate the head counts; returns ``(n_kv_heads, head_dim)``."""
+def _head_sizes(
+    name: str, d_model: int, n_heads: int, n_kv_heads: int | None, head_dim: int | None = None
+) -> tuple[int, int]:
+    """Validate the head counts; returns ``(n_kv_heads, head_dim)`` (``head_dim`` None = ``d_model // n_heads``)."""
     n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
     if n_heads <= 0 or n_kv_heads <= 0:
         raise ValueError(f"{name}: n_heads={n_heads} and n_kv_heads={n_kv_heads} must be positive")
-    if d_model % n_heads:
+    if head_dim is None and d_model % n_heads:
         raise ValueError(f"{name}: d_model={d_model} is not divisible by n_heads={n_heads}")
+    if head_dim is not None and head_dim <= 0:
+        raise ValueError(f"{name}: head_dim must be positive, got {head_dim}")
     if n_heads % n_kv_heads:
         raise ValueError(f"{name}: n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
-    return n_kv_heads, d_model // n_heads
+    return n_kv_heads, d_model // n_heads if head_dim is None else head_dim
 
 
 def _either(specific: bool | None, general: bool) -> bool:
@@ -97,8 +101,10 @@ class MultiHeadAttention(ScaledDotProductAttention):
     projection ``qkv`` whose output is laid out ``[q (n_heads * head_dim) | k (n_kv * head_dim) | v (n_kv * head_dim)]``.
 
     Args:
-        d_model: model width; ``head_dim = d_model // n_heads``.
+        d_model: model width.
         n_heads: number of query heads.
+        head_dim: the size of each head, positive (HF ``head_dim``, T5 ``d_kv``; ``None`` = ``d_model // n_heads``);
+            the projections map ``d_model`` to ``n_heads * head_dim`` and back.
         n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
         dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
         bias: whether the projections have biases (both ``qkv_bias`` and ``out_bias`` unless they are set).
@@ -116,6 +122,7 @@ class MultiHeadAttention(ScaledDotProductAttention):
         d_model: int,
         n_heads: int,
         n_kv_heads: int | None = None,
+        head_dim: Annotated[int, AtLeast(1)] | None = None,
         dropout: Annotated[float, Probability] = 0.0,
         bias: bool = True,
         qkv_bias: bool | None = None,
@@ -124,13 +131,14 @@ class MultiHeadAttention(ScaledDotProductAttention):
         softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
         super().__init__()
-        self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads)
+        self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads, head_dim)
         self.d_model, self.n_heads = d_model, n_heads
         self.dropout = dropout
         self.softmax_scale = softmax_scale
         self.window: int | None = None  # the key of this block's mask in ctx.masks (None = global)
-        self.qkv = nn.Linear(d_model, d_model + 2 * self.n_kv_heads * self.head_dim, bias=_either(qkv_bias, bias))
-        self.out = nn.Linear(d_model, d_model, bias=_either(out_bias, bias))
+        q_dim = n_heads * self.head_dim
+        self.qkv = nn.Linear(d_model, q_dim + 2 * self.n_kv_heads * self.head_dim, bias=_either(qkv_bias, bias))
+        self.out = nn.Linear(q_dim, d_model, bias=_either(out_bias, bias))
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 
@@ -141,7 +149,7 @@ class MultiHeadAttention(ScaledDotProductAttention):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: KVCache | None = None) -> Tensor:
         """x: [B, T, d_model] -> [B, T, d_model]; with a cache, x holds the new tokens only."""
         kv_dim = self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([self.d_model, kv_dim, kv_dim], dim=-1)
+        q, k, v = self.qkv(x).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
         q = _split_heads(q, self.n_heads)  # [B, H, T, hd]
         k = _split_heads(k, self.n_kv_heads)  # [B, H_kv, T, hd]
         v = _split_heads(v, self.n_kv_heads)
@@ -170,7 +178,7 @@ class SlidingWindowAttention(MultiHeadAttention):
     Args:
         window: how many positions (the token's own included) a token attends to; positive.
         **arguments: every argument of :class:`MultiHeadAttention` (``d_model``, ``n_heads``, ``n_kv_heads``,
-            ``dropout``, ``bias``, ``qkv_bias``, ``out_bias``, ``qk_norm``, ``softmax_scale``); the signature lists them all.
+            ``head_dim``, ``dropout``, ``bias``, ``qkv_bias``, ``out_bias``, ``qk_norm``, ``softmax_scale``); the signature lists them all.
     """
 
     @extend_arguments(MultiHeadAttention.__init__)
@@ -189,8 +197,10 @@ class CrossAttention(ScaledDotProductAttention):
     are masked by ``ctx.memory_mask``.
 
     Args:
-        d_model: model width; ``head_dim = d_model // n_heads``.
+        d_model: model width.
         n_heads: number of query heads.
+        head_dim: the size of each head, positive (HF ``head_dim``, T5 ``d_kv``; ``None`` = ``d_model // n_heads``);
+            the projections map ``d_model`` to ``n_heads * head_dim`` and back.
         n_kv_heads: number of key/value heads (``None`` = ``n_heads``); must divide ``n_heads``.
         dropout: dropout probability on the attention weights (training only), in ``[0, 1)``.
         bias: whether the projections have biases (both ``qkv_bias`` and ``out_bias`` unless they are set).
@@ -208,6 +218,7 @@ class CrossAttention(ScaledDotProductAttention):
         d_model: int,
         n_heads: int,
         n_kv_heads: int | None = None,
+        head_dim: Annotated[int, AtLeast(1)] | None = None,
         dropout: Annotated[float, Probability] = 0.0,
         bias: bool = True,
         qkv_bias: bool | None = None,
@@ -216,13 +227,14 @@ class CrossAttention(ScaledDotProductAttention):
         softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
         super().__init__()
-        self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads)
+        self.n_kv_heads, self.head_dim = _head_sizes(type(self).__name__, d_model, n_heads, n_kv_heads, head_dim)
         self.n_heads = n_heads
         self.dropout = dropout
         self.softmax_scale = softmax_scale
-        self.q = nn.Linear(d_model, d_model, bias=_either(qkv_bias, bias))
+        q_dim = n_heads * self.head_dim
+        self.q = nn.Linear(d_model, q_dim, bias=_either(qkv_bias, bias))
         self.kv = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=_either(qkv_bias, bias))
-        self.out = nn.Linear(d_model, d_model, bias=_either(out_bias, bias))
+        self.out = nn.Linear(q_dim, d_model, bias=_either(out_bias, bias))
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
 

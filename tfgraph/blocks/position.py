@@ -88,7 +88,8 @@ class RotaryPosition(Position):
 
     Args:
         d_model: model width.
-        n_heads: number of query heads; the head size is ``d_model // n_heads``.
+        n_heads: number of query heads.
+        head_dim: the size of each head, as in attention (``None`` = ``d_model // n_heads``).
         max_len: number of positions in the tables; positions must be ``< max_len``.
         base: the wavelength base ``theta``; positive.
         fraction: the share of each head's dimensions that is rotated, in ``(0, 1]``; ``rot_dim`` is
@@ -104,6 +105,7 @@ class RotaryPosition(Position):
         d_model: int,
         n_heads: int,
         max_len: int,
+        head_dim: Annotated[int, AtLeast(1)] | None = None,
         base: Annotated[float, Positive] = 10000.0,
         fraction: Annotated[float, Interval(gt=0, le=1)] = 1.0,
         scaling: dict[str, Any] | None = None,
@@ -112,11 +114,11 @@ class RotaryPosition(Position):
         problem = scaling_problem(scaling)
         if problem:
             raise ConfigError.at("scaling", problem)
-        if d_model % n_heads:
+        if head_dim is None and d_model % n_heads:
             raise ValueError(f"rope: d_model={d_model} is not divisible by n_heads={n_heads}")
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"rope: fraction must be in (0, 1], got {fraction}")
-        head_dim = d_model // n_heads
+        head_dim = d_model // n_heads if head_dim is None else head_dim
         self.rot_dim = _rot_dim(head_dim, fraction)
         if self.rot_dim == 0:
             raise ValueError(f"rope: fraction={fraction} of head_dim={head_dim} leaves no pair of dimensions to rotate")
@@ -128,14 +130,15 @@ class RotaryPosition(Position):
 
     @staticmethod
     def check_args(
-        *, d_model: int, n_heads: int, fraction: float = 1.0, scaling: Any = None, **_: Any
+        *, d_model: int, n_heads: int, head_dim: int | None = None, fraction: float = 1.0, scaling: Any = None, **_: Any
     ) -> dict[str, str]:
         """At least one pair of each head's dimensions must rotate, and the scaling must be one supported."""
         problems = {}
-        head_dim = d_model // n_heads
+        source = "model.d_model / model.n_heads" if head_dim is None else "model.head_dim"
+        head_dim = d_model // n_heads if head_dim is None else head_dim
         if _rot_dim(head_dim, fraction) == 0:
             problems["fraction"] = (
-                f"fraction={fraction} of head_dim={head_dim} (model.d_model / model.n_heads) leaves no "
+                f"fraction={fraction} of head_dim={head_dim} ({source}) leaves no "
                 "pair of dimensions to rotate; raise fraction or the head size"
             )
         problem = scaling_problem(scaling)
