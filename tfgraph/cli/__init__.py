@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import hydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tfgraph.config import conf_dir, hydra_error
@@ -128,8 +128,8 @@ def command(
         def main() -> Any:
             raised.clear()
             try:
-                with _environment(FULL_ERROR, "1"):  # Hydra raises what it cannot compose instead of printing it
-                    return app()
+                with _environment(FULL_ERROR, "1"), _internal_groups_hidden():  # Hydra raises what it cannot
+                    return app()  # compose instead of printing it; --help lists the groups a user chooses from
             except (HydraException, OmegaConfBaseException) as err:
                 if any(err is error for error in raised):
                     raise
@@ -139,6 +139,40 @@ def command(
         return main
 
     return decorate
+
+
+@contextmanager
+def _internal_groups_hidden() -> Iterator[None]:
+    """Hydra's ``$APP_CONFIG_GROUPS`` (the groups a command's ``--help`` lists) limited to the groups the command's
+    own config chooses from (its defaults list, ``hydra.runtime.choices``: ``tfgraph-prepare`` lists ``data`` only),
+    internal ones left out (a part named ``_...``: ``_base``, the presets' shared base). Composing is unchanged."""
+    from hydra._internal.hydra import Hydra
+
+    get_help = Hydra.get_help
+
+    def help_of_the_command(self: Hydra, help_cfg: DictConfig, *args: Any, **kwargs: Any) -> str:
+        hydra_cfg = help_cfg._get_parent()  # the composed config's hydra node, which holds the choices
+        choices = set(OmegaConf.select(hydra_cfg, "runtime.choices", default={}) or {})
+        listed = self.format_config_groups
+
+        def format_config_groups(predicate: Callable[[str], bool], compact: bool = True) -> str:
+            def chosen(group: str) -> bool:
+                internal = any(part.startswith("_") for part in group.split("/"))
+                return predicate(group) and not internal and (not choices or group in choices)
+
+            return listed(chosen, compact)
+
+        self.format_config_groups = format_config_groups  # type: ignore[method-assign]
+        try:
+            return get_help(self, help_cfg, *args, **kwargs)
+        finally:
+            del self.format_config_groups
+
+    Hydra.get_help = help_of_the_command  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Hydra.get_help = get_help  # type: ignore[method-assign]
 
 
 @contextmanager
