@@ -9,6 +9,7 @@ import torch
 
 from tfgraph.blocks.attention import CrossAttention, MultiHeadAttention
 from tfgraph.blocks.context import Position, self_attention_context
+from tfgraph.blocks.ffn import MLP, GatedMLP
 from tfgraph.blocks.position import RotaryPosition
 from tfgraph.registry import ConfigError
 
@@ -177,6 +178,11 @@ def test_rope_inv_freq_matches_transformers():
         (["model=llama_tiny"], "scaling={'rope_type': 'llama3', 'factor': 32.0,"),
         (["model=llama_tiny", "+model.attention.qkv_bias=true"], "qkv_bias=True, out_bias=None"),
         (["model=llama_tiny", "model.head_dim=24"], "2 key/value heads, head_dim 24,"),
+        (
+            ["model=llama_tiny", "+model.attention.qk_norm=true", "+model.attention.qk_norm_eps=0.001"],
+            "qk_norm_eps=0.001",
+        ),
+        (["model=t5_tiny", "+model.ffn.activation_dropout=0.1"], "activation_dropout=0.1"),
     ],
 )
 def test_show_lists_the_option(overrides, shown):
@@ -291,3 +297,42 @@ def test_head_dim_lifts_the_divisibility_of_d_model():
         tfgraph.compose(["model=llama_tiny", "model.n_heads=6", "model.n_kv_heads=2", "model.head_dim=16"]).model
     )
     assert {m.head_dim for m in model.modules() if isinstance(m, MultiHeadAttention)} == {16}
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_qk_norm_eps(eps):
+    block = _randomised(MultiHeadAttention(d_model=32, n_heads=4, qk_norm=True, qk_norm_eps=eps))
+    block.q_norm.weight.data.fill_(1.0)
+    block.k_norm.weight.data.fill_(1.0)
+    x = torch.randn(2, 5, 32, dtype=torch.float64) * 0.3  # small activations, so that a large eps shows
+    (wq, wk, wv), (bq, bk, bv) = _fused_parts(block)
+    expected = _direct_attention(
+        x, wq, bq, wk, bk, wv, bv, block.out.weight, block.out.bias, n_heads=4, n_kv_heads=4, head_dim=8, qk_eps=eps
+    )
+    torch.testing.assert_close(_run_self_attention(block, x), expected)
+    assert CrossAttention(d_model=32, n_heads=4, qk_norm=True, qk_norm_eps=eps).k_norm.eps == eps
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_ffn_activation_dropout(gated):
+    p = 0.4
+    cls = GatedMLP if gated else MLP
+    block = _randomised(cls(d_model=16, d_ff=32, activation="relu", activation_dropout=p)).train()
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    torch.manual_seed(7)
+    y = block(x)
+    if gated:
+        gate, up = (x @ block.gate_up.weight.T).chunk(2, dim=-1)
+        hidden = gate.clamp(min=0) * up
+    else:
+        hidden = (x @ block.fc.weight.T + block.fc.bias).clamp(min=0)
+    torch.manual_seed(7)  # the same draw of the dropout mask, on the hidden activations
+    dropped = torch.nn.functional.dropout(hidden, p)
+    expected = dropped @ block.proj.weight.T + (0 if block.proj.bias is None else block.proj.bias)
+    torch.testing.assert_close(y, expected)
+    zeros = (dropped == 0) & (hidden != 0)
+    assert zeros.any() and torch.allclose(dropped[~zeros & (hidden != 0)], hidden[~zeros & (hidden != 0)] / (1 - p))
+    block.eval()  # no dropout at evaluation
+    torch.testing.assert_close(
+        block(x), hidden @ block.proj.weight.T + (0 if block.proj.bias is None else block.proj.bias)
+    )

@@ -110,7 +110,8 @@ class MultiHeadAttention(ScaledDotProductAttention):
         bias: whether the projections have biases (both ``qkv_bias`` and ``out_bias`` unless they are set).
         qkv_bias: whether the q, k and v projections have biases (``None`` = ``bias``; Qwen2: true, out false).
         out_bias: whether the output projection has a bias (``None`` = ``bias``).
-        qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before rotary and scoring.
+        qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights) before rotary and scoring.
+        qk_norm_eps: the epsilon of that norm, positive.
         softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
 
@@ -128,6 +129,7 @@ class MultiHeadAttention(ScaledDotProductAttention):
         qkv_bias: bool | None = None,
         out_bias: bool | None = None,
         qk_norm: bool = False,
+        qk_norm_eps: Annotated[float, Positive] = 1e-6,
         softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
         super().__init__()
@@ -139,8 +141,8 @@ class MultiHeadAttention(ScaledDotProductAttention):
         q_dim = n_heads * self.head_dim
         self.qkv = nn.Linear(d_model, q_dim + 2 * self.n_kv_heads * self.head_dim, bias=_either(qkv_bias, bias))
         self.out = nn.Linear(q_dim, d_model, bias=_either(out_bias, bias))
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> KVCache:
         """An empty cache of ``max_len`` slots for ``batch`` rows."""
@@ -178,7 +180,7 @@ class SlidingWindowAttention(MultiHeadAttention):
     Args:
         window: how many positions (the token's own included) a token attends to; positive.
         **arguments: every argument of :class:`MultiHeadAttention` (``d_model``, ``n_heads``, ``n_kv_heads``,
-            ``head_dim``, ``dropout``, ``bias``, ``qkv_bias``, ``out_bias``, ``qk_norm``, ``softmax_scale``); the signature lists them all.
+            ``head_dim``, ``dropout``, ``bias``, ``qkv_bias``, ``out_bias``, ``qk_norm``, ``qk_norm_eps``, ``softmax_scale``); the signature lists them all.
     """
 
     @extend_arguments(MultiHeadAttention.__init__)
@@ -206,7 +208,8 @@ class CrossAttention(ScaledDotProductAttention):
         bias: whether the projections have biases (both ``qkv_bias`` and ``out_bias`` unless they are set).
         qkv_bias: whether the q and kv projections have biases (``None`` = ``bias``).
         out_bias: whether the output projection has a bias (``None`` = ``bias``).
-        qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights, eps 1e-6) before scoring.
+        qk_norm: RMS-normalise q and k over ``head_dim`` (learned weights) before scoring.
+        qk_norm_eps: the epsilon of that norm, positive.
         softmax_scale: the score scale, positive; ``None`` = ``1 / sqrt(head_dim)`` (T5 uses ``1.0``).
     """
 
@@ -224,6 +227,7 @@ class CrossAttention(ScaledDotProductAttention):
         qkv_bias: bool | None = None,
         out_bias: bool | None = None,
         qk_norm: bool = False,
+        qk_norm_eps: Annotated[float, Positive] = 1e-6,
         softmax_scale: Annotated[float, Positive] | None = None,
     ) -> None:
         super().__init__()
@@ -235,8 +239,8 @@ class CrossAttention(ScaledDotProductAttention):
         self.q = nn.Linear(d_model, q_dim, bias=_either(qkv_bias, bias))
         self.kv = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=_either(qkv_bias, bias))
         self.out = nn.Linear(q_dim, d_model, bias=_either(out_bias, bias))
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=qk_norm_eps) if qk_norm else None
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> MemoryKV:
         """An empty holder for the memory's keys and values (filled by the first call)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tfgraph.registry import AtLeast, register
+from tfgraph.registry import AtLeast, Probability, register
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 
@@ -29,27 +29,38 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 class MLP(nn.Module):
     """The transformer's two-layer feed-forward network: ``proj(act(fc(x)))``.
 
-    No dropout inside: the layer graph adds residual dropout.
+    The layer graph adds residual dropout; ``activation_dropout`` is dropout on the hidden activations (T5's FFN
+    dropout, BART's ``activation_dropout``).
 
     Args:
         d_model: model width (input and output size).
         d_ff: hidden width.
         activation: the nonlinearity, a key of :data:`ACTIVATIONS`.
         bias: whether both linear layers have a bias.
+        activation_dropout: dropout probability on ``act(fc(x))`` before ``proj`` (training only), in ``[0, 1)``.
 
     Shapes:
         x: ``[B, T, d_model]`` -> ``[B, T, d_model]``.
     """
 
-    def __init__(self, *, d_model: int, d_ff: int, activation: Activation = "gelu", bias: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        d_ff: int,
+        activation: Activation = "gelu",
+        bias: bool = True,
+        activation_dropout: Annotated[float, Probability] = 0.0,
+    ) -> None:
         super().__init__()
         self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.fc = nn.Linear(d_model, d_ff, bias=bias)
         self.proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.hidden_dropout = nn.Dropout(activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.act(self.fc(x)))
+        return self.proj(self.hidden_dropout(self.act(self.fc(x))))
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
@@ -67,21 +78,32 @@ class GatedMLP(nn.Module):
         d_ff: hidden width (of ``gate`` and of ``up`` each).
         activation: the nonlinearity applied to the gate, a key of :data:`ACTIVATIONS`.
         bias: whether the linear layers have a bias.
+        activation_dropout: dropout probability on ``act(gate(x)) * up(x)`` before ``proj`` (training only), in
+            ``[0, 1)``.
 
     Shapes:
         x: ``[B, T, d_model]`` -> ``[B, T, d_model]``.
     """
 
-    def __init__(self, *, d_model: int, d_ff: int, activation: Activation = "silu", bias: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        d_ff: int,
+        activation: Activation = "silu",
+        bias: bool = False,
+        activation_dropout: Annotated[float, Probability] = 0.0,
+    ) -> None:
         super().__init__()
         self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=bias)
         self.proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.hidden_dropout = nn.Dropout(activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.proj(self.act(gate) * up)
+        return self.proj(self.hidden_dropout(self.act(gate) * up))
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
