@@ -183,6 +183,10 @@ def test_rope_inv_freq_matches_transformers():
             "qk_norm_eps=0.001",
         ),
         (["model=t5_tiny", "+model.ffn.activation_dropout=0.1"], "activation_dropout=0.1"),
+        (
+            ["model=llama_tiny", "model/layer=parallel_neox"],
+            "ffn: gated (ffn; activation=silu, bias=False, activation_dropout=0.0) <- norm2",
+        ),
     ],
 )
 def test_show_lists_the_option(overrides, shown):
@@ -336,3 +340,26 @@ def test_ffn_activation_dropout(gated):
     torch.testing.assert_close(
         block(x), hidden @ block.proj.weight.T + (0 if block.proj.bias is None else block.proj.bias)
     )
+
+
+@pytest.mark.parametrize("preset", ["llama_tiny", "t5_tiny"])
+def test_parallel_neox_layer_has_two_norms(preset):
+    from tests.conftest import build
+
+    model = build([f"model={preset}", "model/layer=parallel_neox"])
+    stack = model.decoder
+    for p in stack.parameters():  # norm weights apart from one, so that one norm shared would show
+        torch.nn.init.normal_(p, std=0.3)
+    layer = stack.layers[0]
+    assert layer.norm1 is not layer.norm2 and layer.norm1.weight.data_ptr() != layer.norm2.weight.data_ptr()
+    x = torch.randn(2, 5, 64)
+    ctx = self_attention_context(stack.position, torch.arange(5), causal=True)
+    if model.topology == "encoder_decoder":
+        memory = torch.randn(2, 4, 64)
+        ctx.memory_mask = None
+        cross = layer.cross(layer.norm3(x), memory, ctx)
+        expected = x + layer.attn(layer.norm1(x), ctx) + cross + layer.ffn(layer.norm2(x))
+        torch.testing.assert_close(layer(x, ctx, memory), expected)
+    else:
+        expected = x + layer.attn(layer.norm1(x), ctx) + layer.ffn(layer.norm2(x))
+        torch.testing.assert_close(layer(x, ctx), expected)
