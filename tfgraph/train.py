@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Collection
+import sys
+import types
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -37,8 +40,18 @@ from tfgraph.trainer import build_trainer, format_metrics, scalars, with_atomic_
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+class RunMetrics(dict):
+    """What :func:`train` returns: the metrics, a plain ``dict[str, float]``, with the run's dir as ``run_dir``
+    (``cfg.paths.output_dir``, or the ``outputs/<date>/<time>`` made for a config that left it unset)."""
+
+    run_dir: Path
+
+
+def train(cfg: DictConfig) -> RunMetrics:
     """Train the task ``cfg`` describes and return the last validation and the test metrics.
+
+    From Python (``tfgraph.train(tfgraph.compose([...]))``) the run logs as ``tfgraph-train`` does: its lines go
+    to ``train.log`` in the run dir and, where no logging is set up, to stderr (:func:`run_log`).
 
     With ``cfg.ckpt_path`` the run resumes from that checkpoint: its model, task options, tokenizer, label
     names and data config come from the checkpoint (they must match its weights and optimizer state); the
@@ -48,7 +61,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg: a composed ``train`` config (``tfgraph.compose(overrides)``); not modified.
 
     Returns:
-        ``{"train/loss": ..., "val/loss": ..., "test/...": ...}``, as floats.
+        ``{"train/loss": ..., "val/loss": ..., "test/...": ...}``, as floats; ``.run_dir`` is where the run wrote
+        (checkpoints/last.ckpt, metrics.json, train.log, ...).
 
     Raises:
         tfgraph.ConfigError: for a config mistake (the task does not fit the model or the data, a model over
@@ -59,6 +73,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     cfg = copy.deepcopy(cfg)
     output_dir = prepare_output_dir(cfg)
+    with run_log(output_dir):
+        metrics = RunMetrics(_run(cfg, output_dir))
+    metrics.run_dir = output_dir
+    return metrics
+
+
+def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    """The run :func:`train` describes, in ``output_dir``."""
     load_plugins(cfg.get("plugins"), "plugins")
     max_params = check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -100,6 +122,36 @@ def train(cfg: DictConfig) -> dict[str, float]:
         last = output_dir / "checkpoints" / "last.ckpt"
         log.info("run dir %s%s", output_dir, f"; resume or evaluate from {last}" if last.is_file() else "")
     return metrics
+
+
+@contextmanager
+def run_log(output_dir: Path) -> Iterator[None]:
+    """The run's log lines (tfgraph's and Lightning's, at INFO) in ``output_dir/train.log`` and, where the root
+    logger has no handler yet (plain Python), on stderr, for the length of the run; the logging set-up as it was
+    after. Under ``tfgraph-train`` Hydra's job logging already writes that file, and nothing is added."""
+    root = logging.getLogger()
+    log_file = (output_dir / "train.log").resolve()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == log_file for h in root.handlers):
+        yield
+        return
+    form = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")  # as Hydra's job log
+    added: list[logging.Handler] = [logging.FileHandler(log_file)]
+    if not root.handlers:
+        added.append(logging.StreamHandler(sys.stderr))
+    level = root.level
+    if level > logging.INFO:
+        root.setLevel(logging.INFO)
+    for handler in added:
+        handler.setFormatter(form)
+        handler.setLevel(logging.INFO)
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in added:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
 
 
 def write_sample(cfg: DictConfig, task: Task, output_dir: Path) -> None:
@@ -182,3 +234,14 @@ __all__ = [
     "train",
     "with_atomic_checkpoints",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its :func:`train`: ``tfgraph.train(cfg)`` (the package's export) and
+    ``tfgraph.train.train(cfg)`` are one function, whichever of them was imported first."""
+
+    def __call__(self, cfg: DictConfig) -> RunMetrics:
+        return self.train(cfg)
+
+
+sys.modules[__name__].__class__ = _CallableModule
