@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,27 @@ SWAPPABLE_GROUPS = ("attention", "position", "norm", "ffn", "layer")
 needs_dot = pytest.mark.skipif(
     shutil.which("dot") is None, reason="needs Graphviz's `dot` on PATH (apt-get install graphviz)"
 )
+
+
+def tiny_text_run(folder: Path) -> list[str]:
+    """The overrides of a run of a 1-layer gpt2_tiny on a small text written to ``folder`` (its data cache there
+    too), on the CPU, without a progress bar, loggers, test or sample; the steps and the run dir are the caller's."""
+    (folder / "book.txt").write_text("to be or not to be, that is the question.\n" * 40)
+    return [
+        "model=gpt2_tiny",
+        "model.n_layers=1",
+        "data=text",
+        f"data.path={folder / 'book.txt'}",
+        "data.tokenizer=char",
+        f"data.cache_dir={folder / 'cache'}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "sample.max_new_tokens=0",
+        "~logger",
+    ]
 
 
 def group_options(group: str) -> list[str]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import tfgraph
+from tests.conftest import tiny_text_run
 
 SCRIPT = """
 import json, sys
@@ -29,22 +30,9 @@ def test_train_is_the_module_callable_as_its_function() -> None:
 
 
 def test_train_from_python_logs_to_train_log_and_returns_the_run_dir(tmp_path: Path) -> None:
-    (tmp_path / "book.txt").write_text("to be or not to be, that is the question.\n" * 40)
     overrides = [
-        "model=gpt2_tiny",
-        "model.n_layers=1",
-        "data=text",
-        "data.path=book.txt",
-        "data.tokenizer=char",
-        "data.cache_dir=cache",
+        *tiny_text_run(tmp_path),
         "trainer.max_steps=2",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.limit_val_batches=1",
-        "test=false",
-        "sample.max_new_tokens=0",
-        "~logger",
     ]  # paths.output_dir left unset: outputs/<date>/<time> under the working dir, as the command makes
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300

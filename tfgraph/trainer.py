@@ -23,7 +23,13 @@ from pytorch_lightning.plugins.io import CheckpointIO
 
 from tfgraph.registry import ConfigError, suggest
 from tfgraph.run_checks import check_accelerator
-from tfgraph.tasks.callbacks import AtomicCheckpointIO, ContinueLogs, StopOnDivergence, ValidateAtLastStep
+from tfgraph.tasks.callbacks import (
+    AtomicCheckpointIO,
+    ContinueLogs,
+    ProgressLog,
+    StopOnDivergence,
+    ValidateAtLastStep,
+)
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
@@ -37,7 +43,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # first: it sees each step's loss before a checkpoint of that step is taken
-    callbacks = [StopOnDivergence(), *callbacks, ValidateAtLastStep(), *([ContinueLogs()] if loggers else [])]
+    callbacks = [StopOnDivergence(), *callbacks, ValidateAtLastStep(), ProgressLog()]
+    callbacks += [ContinueLogs()] if loggers else []
     check_accelerator(cfg.trainer)
     try:
         plugins = with_atomic_checkpoints(cfg.trainer.get("plugins"))

@@ -6,6 +6,9 @@
   logged.
 - :class:`StopOnDivergence` stops a run whose loss (or weights) stop being finite, before any checkpoint holds
   them, with :class:`TrainingDiverged`.
+- :class:`StepProgressBar`: Rich's bar over the run's steps (``1250/2000``, its rate and time left).
+- :class:`ProgressLog` logs ``step N/max_steps``, the loss, the rate and the time left every 30 s where no progress
+  bar shows (output piped to a file), and why a run stopped before ``max_steps``.
 - :class:`ValidateAtLastStep` validates after the last step; :class:`ContinueLogs` has the loggers of a run
   resumed into its own dir continue its earlier logs (:mod:`tfgraph.tasks.loggers`).
 """
@@ -14,14 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, RichProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -203,6 +209,107 @@ class ValidateAtLastStep(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if is_last_step(trainer):
             trainer.should_stop = True
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's Rich progress bar counting the run's steps up to ``trainer.max_steps`` (``1250/2000``, the rate
+    and the time left) instead of the batches of an epoch, with the epoch beside; an epoch-based run
+    (``max_steps: -1``) keeps Lightning's bar. Validation has its own bar, as in Lightning's."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self.trainer.max_steps > 0 else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        shown = f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs and max_epochs > 0 else "")
+        return f"{shown}, step" if self.trainer.max_steps > 0 else shown
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._show_step(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.max_steps <= 0:
+            super().on_train_batch_end(trainer, pl_module, *args)
+            return
+        if not self.is_disabled and self.train_progress_bar_id is None:  # resumed in the middle of an epoch
+            self._initialize_train_progress_bar_id()
+        self._show_step(trainer)
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+    def _show_step(self, trainer: pl.Trainer) -> None:
+        if trainer.max_steps > 0 and self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, completed=trainer.global_step, visible=True)
+
+
+class ProgressLog(Callback):
+    """Progress a person can read in a log: where no progress bar shows (none configured, or the output piped to
+    a file), a line ``step 1250/2000 (62%), loss 1.234, 5.2 steps/s, 2m24s left`` at most every ``every_seconds``
+    and at the last step; and, in any run, a line saying why it stopped before ``trainer.max_steps`` (early
+    stopping, with the metric it watched, or another callback)."""
+
+    def __init__(self, *, every_seconds: float = 30.0) -> None:
+        self.every_seconds = every_seconds
+        self._start = self._last = 0.0
+        self._first_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = self._last = time.monotonic()
+        self._first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        now = time.monotonic()
+        if not trainer.is_global_zero or not self._piped(trainer):
+            return
+        if now - self._last < self.every_seconds and not is_last_step(trainer):
+            return
+        self._last = now
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        log.info("%s", progress_line(trainer.global_step, trainer.max_steps, self._first_step, now - self._start, loss))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step, max_steps = trainer.global_step, trainer.max_steps
+        if trainer.is_global_zero and 0 < max_steps and step < max_steps:
+            log.info("stopped at step %d of %d: %s", step, max_steps, stop_reason(trainer))
+
+    @staticmethod
+    def _piped(trainer: pl.Trainer) -> bool:
+        return trainer.progress_bar_callback is None or not sys.stdout.isatty()
+
+
+def progress_line(step: int, max_steps: int, first_step: int, seconds: float, loss: Any = None) -> str:
+    """``step 1250/2000 (62%), loss 1.234, 5.2 steps/s, 2m24s left`` (no total, rate or time left where unknown)."""
+    parts = [f"step {step}/{max_steps} ({100 * step // max_steps}%)" if max_steps > 0 else f"step {step}"]
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        loss = loss.item()
+    if isinstance(loss, float) and math.isfinite(loss):
+        parts.append(f"loss {loss:.4g}")
+    rate = (step - first_step) / seconds if seconds > 0 else 0.0
+    if rate > 0:
+        parts.append(f"{rate:.3g} steps/s")
+        if max_steps > step:
+            parts.append(f"{_duration((max_steps - step) / rate)} left")
+    return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def stop_reason(trainer: pl.Trainer) -> str:
+    """Why ``trainer`` stopped before its ``max_steps``: early stopping and what it watched, or another cause."""
+    early = trainer.early_stopping_callback
+    if early is not None and early.wait_count >= early.patience:
+        best = early.best_score.item() if isinstance(early.best_score, torch.Tensor) else early.best_score
+        return (
+            f"early stopping: {early.monitor} did not improve for {early.patience} validations "
+            f"(best {best:.4g}; callbacks.early_stopping.patience sets how many)"
+        )
+    return "a callback or the trainer's own limit (trainer.max_epochs, max_time) asked it to stop"
 
 
 # ------------------------------------------------------------------------------------------------- divergence
