@@ -27,6 +27,7 @@ data.vocab_size=8000 data.path=<corpus> data.cache_dir=<cache>``), as ``tfgraph-
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import shutil
@@ -159,7 +160,7 @@ def __getattr__(name: str) -> Any:
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             data = trainer.datamodule
-            drawn = list(data.train_dataloader().sampler)[: trainer.max_steps * data.batch_size]
+            drawn = list(itertools.islice(data.train_dataloader().sampler, trainer.max_steps * data.batch_size))
             self.record = {
                 "rss_start_mb": rss_mb(),
                 "windows": len(data.datasets["train"]),

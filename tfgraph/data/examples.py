@@ -32,6 +32,7 @@ from tfgraph.data.store import ArrayWriter, Ragged, RaggedWriter, batched, ids_d
 from tfgraph.data.tokenizers import Tokenizer
 
 IGNORE_INDEX = -100
+SHUFFLE_CHUNK = 1 << 16  # indices of a shuffle made Python ints at a time
 
 
 class RowsDataset(Dataset):
@@ -129,7 +130,9 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator)  # 8 bytes a window; a list of it would take 36
+        for chunk in order.split(SHUFFLE_CHUNK):
+            yield from chunk.tolist()
 
     def __len__(self) -> int:
         return self.n
