@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tfgraph.data import store
 from tfgraph.data.errors import DataError
 
 LISTS_DIR = "/var/lib/apt/lists"
@@ -432,12 +433,6 @@ def prepare(
     return [Entry(e.package, groups[e.package], e.document, e.summary) for e in kept], counts
 
 
-def cache_key(paths: Iterable[Path]) -> str:
-    """A key of the lists' paths, sizes and modification times (and the cache's format)."""
-    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    return hashlib.sha256(json.dumps([FORMAT, stats]).encode()).hexdigest()[:20]
-
-
 def load_or_prepare(
     lists_dir: str | Path = LISTS_DIR,
     *,
@@ -450,7 +445,8 @@ def load_or_prepare(
 
     translations, packages = find_lists(lists_dir)
     folder = cache_dir(CACHE_NAME, cache_root)
-    cached = folder / f"pairs-{cache_key([*translations, *packages])}.jsonl"
+    key = store.cache_key(["debian_descriptions", FORMAT, store.file_stats([*translations, *packages])])
+    cached = folder / f"pairs-{key}.jsonl"
     if cached.is_file():
         with cached.open(encoding="utf-8") as handle:
             counts = Counts(**json.loads(next(handle)))

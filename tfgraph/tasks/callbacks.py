@@ -254,15 +254,17 @@ class ProgressLog(Callback):
         self.every_seconds = every_seconds
         self._start = self._last = 0.0
         self._first_step = 0
+        self._logs = False  # whether this process logs the lines: rank 0, and no bar shows
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = self._last = time.monotonic()
         self._first_step = trainer.global_step
+        self._logs = trainer.is_global_zero and self._piped(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
-        now = time.monotonic()
-        if not trainer.is_global_zero or not self._piped(trainer):
+        if not self._logs:
             return
+        now = time.monotonic()
         if now - self._last < self.every_seconds and not is_last_step(trainer):
             return
         self._last = now
