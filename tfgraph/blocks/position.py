@@ -273,9 +273,12 @@ def scaling_problem(scaling: Any) -> str | None:
     missing = [key for key in required if key not in keys]
     unknown = sorted(keys - set(required) - set(optional))
     if missing or unknown:
-        return f"rope_type {rope_type!r}: missing {missing}, unknown {unknown}; it takes {list(required)}" + (
-            f" and optionally {list(optional)}" if optional else ""
-        )
+        found = [f"{what} {keys}" for what, keys in (("missing", missing), ("unknown", unknown)) if keys]
+        if not required:
+            takes = f"its keys, all optional: {list(optional)}"
+        else:
+            takes = f"it takes {list(required)}" + (f" and optionally {list(optional)}" if optional else "")
+        return f"rope_type {rope_type!r}: {', '.join(found)}; {takes}"
     numbers = [key for key in keys if key != "truncate" and scaling[key] is not None]
     wrong = [key for key in numbers if isinstance(scaling[key], bool) or not isinstance(scaling[key], (int, float))]
     if wrong:
