@@ -116,6 +116,8 @@ class MultiHeadAttention(ScaledDotProductAttention):
     """
 
     needs = ("context", "cache")
+    # its weights as Hugging Face checkpoints hold them (tfgraph.interop): qkv is q, k and v stacked
+    hf_layout = {"qkv": ("q", "k", "v"), "out": "o", "q_norm": "q_norm", "k_norm": "k_norm"}
 
     def __init__(
         self,
@@ -214,6 +216,8 @@ class CrossAttention(ScaledDotProductAttention):
     """
 
     needs = ("context", "cache")
+    # its weights as Hugging Face checkpoints hold them (tfgraph.interop): kv is k and v stacked
+    hf_layout = {"q": "q", "kv": ("k", "v"), "out": "o", "q_norm": "q_norm", "k_norm": "k_norm"}
 
     def __init__(
         self,

@@ -27,6 +27,8 @@ class TokenEmbedding(nn.Module):
         ids: ``[B, T]`` (long) -> ``[B, T, d_model]``.
     """
 
+    hf_layout = {"": "table"}  # its weights as Hugging Face checkpoints hold them (tfgraph.interop)
+
     def __init__(self, *, vocab_size: int, d_model: int, scale: bool = False) -> None:
         super().__init__()
         self.vocab_size = vocab_size

@@ -43,6 +43,8 @@ class MLP(nn.Module):
         x: ``[B, T, d_model]`` -> ``[B, T, d_model]``.
     """
 
+    hf_layout = {"fc": "up", "proj": "down"}  # its weights as Hugging Face checkpoints hold them (tfgraph.interop)
+
     def __init__(
         self,
         *,
@@ -84,6 +86,9 @@ class GatedMLP(nn.Module):
     Shapes:
         x: ``[B, T, d_model]`` -> ``[B, T, d_model]``.
     """
+
+    # its weights as Hugging Face checkpoints hold them (tfgraph.interop): gate_up is gate and up stacked
+    hf_layout = {"gate_up": ("gate", "up"), "proj": "down"}
 
     def __init__(
         self,

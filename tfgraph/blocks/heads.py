@@ -28,6 +28,8 @@ class LMHead(nn.Module):
         x: ``[B, T, d_model]`` -> logits ``[B, T, vocab_size]``.
     """
 
+    hf_layout = {"": "head"}  # its weights as Hugging Face checkpoints hold them (tfgraph.interop)
+
     def __init__(self, *, d_model: int, vocab_size: int, bias: bool = False, rescale: bool = False) -> None:
         super().__init__()
         self.d_model = d_model

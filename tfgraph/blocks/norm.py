@@ -27,6 +27,8 @@ class LayerNorm(nn.Module):
         x: ``[..., d_model]`` -> ``[..., d_model]``.
     """
 
+    hf_layout = {"": "norm"}  # its weights as Hugging Face checkpoints hold them (tfgraph.interop)
+
     def __init__(self, *, d_model: int, eps: Annotated[float, Positive] = 1e-5, bias: bool = True) -> None:
         super().__init__()
         self.d_model = d_model
@@ -61,6 +63,8 @@ class RMSNorm(nn.Module):
     Shapes:
         x: ``[..., d_model]`` -> ``[..., d_model]``.
     """
+
+    hf_layout = {"": "norm"}  # its weights as Hugging Face checkpoints hold them (tfgraph.interop)
 
     def __init__(self, *, d_model: int, eps: Annotated[float, Positive] = 1e-6) -> None:
         super().__init__()

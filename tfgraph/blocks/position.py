@@ -37,6 +37,8 @@ class LearnedPosition(Position):
         d_model: model width.
     """
 
+    hf_layout = {"table": "table"}  # its weights as Hugging Face checkpoints hold them (tfgraph.interop)
+
     def __init__(self, *, max_len: int, d_model: int) -> None:
         super().__init__()
         self.table = nn.Embedding(max_len, d_model)
@@ -413,6 +415,8 @@ class T5RelativeBias(Position):
         max_distance: the distance from which on all positions share the last bucket; more than
             ``num_buckets // 2``.
     """
+
+    hf_layout = {"relative_attention_bias": "table"}  # as Hugging Face checkpoints hold it (tfgraph.interop)
 
     def __init__(
         self,
