@@ -36,10 +36,11 @@ EXAMPLE_PRESETS = {
 
 @dataclass
 class StepOutput:
-    """One batch through a task: the mean loss over ``count`` predictions, and what the metrics need."""
+    """One batch through a task: the mean loss over ``count`` predictions (a 0-d tensor, so that counting them
+    waits for no device), and what the metrics need."""
 
     loss: Tensor
-    count: int
+    count: Tensor
     logits: Tensor | None = None
     labels: Tensor | None = None
 
@@ -152,6 +153,12 @@ class Task(pl.LightningModule):
 
     # --------------------------------------------------------------------------------------------- steps
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Host-side preparation of a batch, before Lightning moves it to the device: an attention mask without
+        padding is dropped here, where looking at it costs no device sync, so attention takes its unmasked (causal)
+        path; the steps themselves never read a tensor's value on the host."""
+        return drop_full_mask(batch)
+
     def compute(self, batch: dict[str, Tensor], stage: str, batch_idx: int) -> StepOutput:
         """Run one batch: the loss and what the metrics need."""
         raise NotImplementedError
@@ -249,7 +256,7 @@ class Task(pl.LightningModule):
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         """The last layer's states ``[B, T, d_model]`` of an encoder_only or decoder_only model (no LM head)."""
         self.check_length(input_ids.shape[1])
-        return self.model.hidden_states(input_ids, no_full_mask(attention_mask))
+        return self.model.hidden_states(input_ids, attention_mask)
 
     def drop_lm_head(self) -> None:
         """Remove a decoder's LM head that the task does not use (no unused parameters under DDP, no dead
@@ -258,18 +265,28 @@ class Task(pl.LightningModule):
             self.model.head = None
 
 
-def no_full_mask(mask: Tensor | None) -> Tensor | None:
-    """``None`` for a mask without padding, so attention can take its fast unmasked (causal) path."""
-    return None if mask is not None and bool(mask.all()) else mask
+def drop_full_mask(batch: Any) -> Any:
+    """The batch without its ``attention_mask`` where that mask is on the CPU and has no padding (a model reads a
+    missing mask as all ones, and attention then takes its fast unmasked path); any other batch as it is."""
+    if not isinstance(batch, Mapping):
+        return batch
+    mask = batch.get("attention_mask")
+    if isinstance(mask, Tensor) and mask.device.type == "cpu" and bool(mask.all()):
+        return {key: value for key, value in batch.items() if key != "attention_mask"}
+    return batch
 
 
 def token_loss(logits: Tensor, labels: Tensor) -> StepOutput:
-    """Mean cross-entropy over the labels that are not -100. logits: [..., C], labels: [...]."""
-    count = int((labels != -100).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
-    if count == 0:  # nothing to predict in this batch: a zero loss that still reaches every logit
-        loss = logits.sum() * 0.0
-    return StepOutput(loss=loss, count=count, logits=logits, labels=labels)
+    """Mean cross-entropy over the labels that are not -100. logits: [..., C], labels: [...].
+
+    The sum over the labelled positions divided by their count (at least 1), all on the device: a batch with
+    nothing to predict gives a zero loss that still reaches every logit, and no value is read on the host.
+    """
+    count = (labels != -100).sum()
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return StepOutput(loss=total / count.clamp(min=1), count=count, logits=logits, labels=labels)
 
 
 def token_accuracy(metric: Metric, out: StepOutput) -> None:

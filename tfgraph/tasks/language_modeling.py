@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric, Metric
 
 from tfgraph.decoding import generate_text
 from tfgraph.registry import ConfigError
-from tfgraph.tasks.base import StepOutput, Task, no_full_mask, token_accuracy, token_loss
+from tfgraph.tasks.base import StepOutput, Task, token_accuracy, token_loss
 
 STAGE_SEEDS = {"train": 0, "val": 1, "test": 2}
 
@@ -41,9 +41,9 @@ class CausalLM(Task):
     def compute(self, batch: dict[str, Tensor], stage: str, batch_idx: int) -> StepOutput:
         ids, mask = batch["input_ids"], batch.get("attention_mask")
         self.check_length(ids.shape[1])
-        if stage == "train" and ids.shape[1] - 1 > self.trained_context:
-            self.trained_context.fill_(ids.shape[1] - 1)
-        logits = self.model(ids, attention_mask=no_full_mask(mask))
+        if stage == "train":  # on the device: comparing with the buffer on the host would wait for it
+            self.trained_context.clamp_(min=ids.shape[1] - 1)
+        logits = self.model(ids, attention_mask=mask)
         targets = ids[:, 1:]
         if mask is not None:
             targets = targets.masked_fill(mask[:, 1:] == 0, -100)
@@ -139,8 +139,10 @@ class MaskedLM(Task):
         candidates = ~special if attention_mask is None else ~special & attention_mask.bool()
         rand = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
         chosen = candidates & (rand < self.hparams.mask_prob)
-        if not chosen.any() and candidates.any():  # always predict something
-            chosen.view(-1)[candidates.view(-1).nonzero()[0]] = True
+        # always predict something: the first candidate when none was chosen (decided on the device, no sync)
+        flat = candidates.view(-1)
+        first = torch.arange(flat.numel(), device=flat.device) == flat.to(torch.uint8).argmax()
+        chosen |= first.view_as(chosen) & candidates & ~chosen.any()
         labels = input_ids.masked_fill(~chosen, -100)
         how = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
         to_mask = chosen & (how < self.hparams.mask_ratio)

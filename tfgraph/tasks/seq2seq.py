@@ -16,6 +16,7 @@ from tfgraph.tasks.metrics import ROUGE_KEYS, CorpusScore, Rouge, rouge_lsum_mis
 # what val/test can score decoded strings by (``task.metrics``); loss, perplexity and accuracy are always logged
 METRICS = ("bleu", "chrf", "exact_match", *ROUGE_KEYS)
 DEFAULT_METRICS = ("bleu", "chrf", "exact_match")
+PREFIX_KEYS = ("prefix_input_ids", "prefix_attention_mask", "prefix_labels")  # a prefix LM's rows, from the host
 
 
 class Seq2Seq(Task):
@@ -96,8 +97,20 @@ class Seq2Seq(Task):
         logits = self.model(src, attention_mask=src_mask, decoder_input_ids=dec_in, decoder_attention_mask=dec_mask)
         return token_loss(logits, labels)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A prefix LM's rows ``source <eos> target`` are cut and joined on the host, before the batch moves to the
+        device (keys ``prefix_input_ids``, ``prefix_attention_mask``, ``prefix_labels``): the step reads no lengths
+        off the device."""
+        batch = super().on_before_batch_transfer(batch, dataloader_idx)
+        if self.model.topology == "decoder_only" and isinstance(batch, dict) and "labels" in batch:
+            batch = dict(zip(PREFIX_KEYS, self._prefix_lm_batch(batch), strict=True)) | batch
+        return batch
+
     def _prefix_lm_loss(self, batch: dict[str, Tensor]) -> StepOutput:
-        ids, mask, labels = self._prefix_lm_batch(batch)
+        if PREFIX_KEYS[0] in batch:  # prepared on the host (on_before_batch_transfer)
+            ids, mask, labels = (batch[key] for key in PREFIX_KEYS)
+        else:
+            ids, mask, labels = self._prefix_lm_batch(batch)
         self.check_length(ids.shape[1] - 1)
         logits = self.model(ids[:, :-1], attention_mask=mask[:, :-1])
         return token_loss(logits, labels[:, 1:])
