@@ -2,13 +2,15 @@
 
 :func:`build_trainer` instantiates ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` and the loggers of
 ``cfg.logger``, adds the callbacks every tfgraph run has (:mod:`tfgraph.tasks.callbacks`) and writes every
-checkpoint atomically; each mistake (a key the Trainer takes no argument for, a callback or logger whose package
+checkpoint atomically, and keeps Lightning's console to what concerns the run (:func:`quiet_lightning`); each mistake (a key the Trainer takes no argument for, a callback or logger whose package
 is missing, a GPU that is not there) is a :class:`tfgraph.ConfigError` at its config key.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,16 @@ from tfgraph.tasks.callbacks import (
     StopOnDivergence,
     ValidateAtLastStep,
 )
+from tfgraph.tasks.summary import ModelSummary as TfgraphModelSummary
+
+# Lines Lightning prints in every run that say nothing about it: its adverts ("💡 Tip: ... try installing
+# litlogger"), and the note that a summary callback was given (build_trainer never has Lightning add its own).
+LIGHTNING_NOISE = ("💡 Tip:", "Trainer already configured with model summary callbacks")
+# Warnings about Lightning's own code, not the run's: (message regex, category, module regex of the warned line).
+KNOWN_WARNINGS = (
+    # torch 2.10+ deprecates LeafSpec, which Lightning's pytree helpers still build
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"pytorch_lightning\.utilities\._pytree"),
+)
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
@@ -40,18 +52,44 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.trainer.get("enable_model_summary") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    elif not any(isinstance(c, ModelSummary) for c in callbacks):  # tfgraph's FLOPs where Lightning counts 0
+        callbacks.append(TfgraphModelSummary())
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # first: it sees each step's loss before a checkpoint of that step is taken
     callbacks = [StopOnDivergence(), *callbacks, ValidateAtLastStep(), ProgressLog()]
     callbacks += [ContinueLogs()] if loggers else []
     check_accelerator(cfg.trainer)
+    quiet_lightning()
+    overrides = {"enable_model_summary": False, **overrides}  # the summary is among the callbacks, or none is
     try:
         plugins = with_atomic_checkpoints(cfg.trainer.get("plugins"))
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides)
     except InstantiationException as err:
         problems = unknown_arguments(cfg.trainer, "trainer") or [("trainer", str(err.__cause__ or err))]
         raise ConfigError(problems) from err
+
+
+class DropLines(logging.Filter):
+    """Drops the log records whose message starts with one of ``starts``."""
+
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's console to what concerns the run: drop the lines of :data:`LIGHTNING_NOISE` from its
+    ``rank_zero`` logger and ignore the :data:`KNOWN_WARNINGS` (each by its message, category and the module it
+    is raised in; every other warning still shows). Calling it again adds nothing."""
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, DropLines) for f in rank_zero.filters):
+        rank_zero.addFilter(DropLines(LIGHTNING_NOISE))
+    for message, category, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def with_atomic_checkpoints(given: Any) -> list[Any]:
