@@ -50,6 +50,7 @@ MODEL_KEYS = (
     "layer",
     "pattern",
     "init_std",
+    "activation_checkpointing",
     "plugins",
     *PART_KINDS,
 )
@@ -83,6 +84,7 @@ class ModelSpec:
     encoder: StackSpec | None  # encoder_only and encoder_decoder
     decoder: StackSpec | None  # decoder_only and encoder_decoder
     config: dict[str, Any]  # the resolved model config as plain containers
+    activation_checkpointing: bool = False  # each layer graph recomputed in the backward pass instead of kept
 
 
 def to_container(cfg: Any, path: str = "model") -> dict[str, Any]:
@@ -153,8 +155,17 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
     init_std = cfg.get("init_std", 0.02)
     if (message := check_value(init_std, Annotated[float, Positive])) is not None:
         problems.add(f"{path}.init_std", message)
+    checkpointing = _flag(cfg, "activation_checkpointing", False, path, problems)
     problems.raise_if_any()
-    return ModelSpec(topology=topology, sizes=sizes, init_std=float(init_std), config=cfg, **outer, **stacks)
+    return ModelSpec(
+        topology=topology,
+        sizes=sizes,
+        init_std=float(init_std),
+        config=cfg,
+        activation_checkpointing=checkpointing,
+        **outer,
+        **stacks,
+    )
 
 
 def _topology(cfg: Mapping[str, Any], path: str, problems: Problems) -> str | None:

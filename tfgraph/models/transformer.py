@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from tfgraph.blocks.context import (
     AttentionContext,
@@ -52,6 +53,10 @@ class Stack(nn.Module):
     Without a cache, tokens are slots ``0 .. T-1`` and, unless ``position_ids`` says otherwise (left padding),
     at those positions. With a cache (from :meth:`new_cache`), ``x`` holds only the new tokens, which continue
     after the cached ones; ``padding_mask`` then covers the new tokens only.
+
+    With ``activation_checkpointing`` each layer graph keeps only its input for the backward pass and runs again
+    there (``torch.utils.checkpoint``, non-reentrant, so it traces under ``torch.compile``): less memory for a
+    second forward of the layers. It applies while training with gradients on, never with a cache.
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class Stack(nn.Module):
         dropout: float = 0.0,
         embed_norm: nn.Module | None = None,
         final_norm: nn.Module | None = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.position = position
@@ -71,6 +77,7 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
         self.causal = causal
+        self.activation_checkpointing = activation_checkpointing
         self.windows = tuple(dict.fromkeys(w for layer in layers for w in layer.windows())) or (None,)
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> StackCache:
@@ -97,7 +104,10 @@ class Stack(nn.Module):
         cache: StackCache | None = None,
     ) -> Tensor:
         x, ctx = self._prelude(x, padding_mask, memory_padding_mask, position_ids, cache)
-        if cache is None:
+        if cache is None and self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            for layer in self.layers:
+                x = checkpoint(layer, x, ctx, memory, use_reentrant=False)
+        elif cache is None:
             for layer in self.layers:
                 x = layer(x, ctx, memory)
         else:  # the new tokens after the cached ones; the cache takes their keys and values
