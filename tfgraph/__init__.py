@@ -2,8 +2,9 @@
 
 ``import tfgraph`` registers the built-in blocks (:mod:`tfgraph.blocks`, which needs torch only) and loads the rest
 on first use: :func:`compose` (Hydra), :func:`build_model` (the builders), :func:`generate` (the tasks and
-Lightning) and :func:`train` (``tfgraph.train.train``). So ``import tfgraph.blocks, tfgraph.graph,
-tfgraph.models`` works without Hydra, OmegaConf or Lightning installed, and a model builds from a plain dict config.
+Lightning), :func:`train` (``tfgraph.train.train``) and :func:`check` (``tfgraph.checks.check``). So
+``import tfgraph.blocks, tfgraph.graph, tfgraph.models`` works without Hydra, OmegaConf or Lightning installed, and a
+model builds from a plain dict config.
 """
 
 from importlib import import_module
@@ -12,7 +13,7 @@ from typing import Any
 import tfgraph.blocks  # noqa: F401 (registers the built-in blocks)
 from tfgraph.registry import ConfigError, register
 
-__all__ = ["ConfigError", "build_model", "compose", "generate", "register", "train"]
+__all__ = ["ConfigError", "build_model", "check", "compose", "generate", "register", "train"]
 __version__ = "0.1.0"
 
 # the exports imported on first use: name -> the module that defines it
@@ -22,12 +23,13 @@ _LAZY = {
     "build_model": "tfgraph.models",
     "generate": "tfgraph.inference",
     "train": "tfgraph.train",
+    "check": "tfgraph.checks",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """``tfgraph.compose``, ``tfgraph.build_model``, ``tfgraph.generate`` and ``tfgraph.train``, imported on first
-    use."""
+    """``tfgraph.compose``, ``tfgraph.build_model``, ``tfgraph.generate``, ``tfgraph.train`` and ``tfgraph.check``,
+    imported on first use."""
     if name in _LAZY:
         module = import_module(_LAZY[name])
         value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
