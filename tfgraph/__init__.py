@@ -2,7 +2,8 @@
 
 ``import tfgraph`` registers the built-in blocks (:mod:`tfgraph.blocks`, which needs torch only) and loads the rest
 on first use: :func:`compose` (Hydra), :func:`build_model` (the builders), :func:`generate` (the tasks and
-Lightning), :func:`train` (``tfgraph.train.train``) and :func:`check` (``tfgraph.checks.check``). So
+Lightning), :func:`train` (``tfgraph.train.train``), :func:`check` (``tfgraph.checks.check``) and
+:func:`load_tokenizer` (a run's ``tokenizer.json``). So
 ``import tfgraph.blocks, tfgraph.graph, tfgraph.models`` works without Hydra, OmegaConf or Lightning installed, and a
 model builds from a plain dict config.
 """
@@ -13,7 +14,7 @@ from typing import Any
 import tfgraph.blocks  # noqa: F401 (registers the built-in blocks)
 from tfgraph.registry import ConfigError, register
 
-__all__ = ["ConfigError", "build_model", "check", "compose", "generate", "register", "train"]
+__all__ = ["ConfigError", "build_model", "check", "compose", "generate", "load_tokenizer", "register", "train"]
 __version__ = "0.1.0"
 
 # the exports imported on first use: name -> the module that defines it
@@ -24,12 +25,13 @@ _LAZY = {
     "generate": "tfgraph.inference",
     "train": "tfgraph.train",
     "check": "tfgraph.checks",
+    "load_tokenizer": "tfgraph.data.tokenizers",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """``tfgraph.compose``, ``tfgraph.build_model``, ``tfgraph.generate``, ``tfgraph.train`` and ``tfgraph.check``,
-    imported on first use."""
+    """``tfgraph.compose``, ``tfgraph.build_model``, ``tfgraph.generate``, ``tfgraph.train``, ``tfgraph.check`` and
+    ``tfgraph.load_tokenizer``, imported on first use."""
     if name in _LAZY:
         module = import_module(_LAZY[name])
         value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)

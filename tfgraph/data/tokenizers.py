@@ -4,11 +4,18 @@ Every kind shares five special tokens with fixed ids, first in the vocabulary::
 
     <pad>=0  <unk>=1  <bos>=2  <eos>=3  <mask>=4
 
-A tokenizer is trained on the training split only, stored with the run as JSON (``tokenizer.json``, and as a
-string inside checkpoints) and reloaded from it by evaluation and generation::
+A tokenizer is trained on the training split only, stored with the run and reloaded from it by evaluation and
+generation::
 
     tok = build_tokenizer("bpe", train_texts, vocab_size=8000)
-    same = Tokenizer.from_json(tok.to_json())
+    same = Tokenizer.from_json(tok.to_json())   # the JSON string a checkpoint holds
+    tok.save("run/tokenizer.json")              # and a run dir's files: tokenizer.json, tokenizer_info.json
+    same = load_tokenizer("run/tokenizer.json")
+
+A run's ``tokenizer.json`` is a file of the `tokenizers` library (``tokenizers.Tokenizer.from_file`` reads it and
+encodes text to the same ids: every kind, byte and char too, is written as one of its tokenizers); the tfgraph
+kind it is of lies beside it, in ``tokenizer_info.json``. :func:`load_tokenizer` reads both, and also the files
+written before (one JSON of tfgraph's own, ``{"kind": ..., ...}``, as :meth:`Tokenizer.to_json`).
 """
 
 from __future__ import annotations
@@ -104,9 +111,28 @@ class Tokenizer(ABC):
     def _from_state(cls, state: dict[str, Any]) -> Tokenizer:
         """The tokenizer whose :meth:`to_json` gave ``state``."""
 
+    @abstractmethod
+    def to_hf(self) -> Any:
+        """The tokenizer as a ``tokenizers.Tokenizer`` giving the same ids for a text, the five special tokens
+        included (which it, as every tokenizer of that library, also reads where they are written in a text)."""
+
+    @staticmethod
+    def from_hf(kind: str, tokenizer: Any) -> Tokenizer:
+        """The tfgraph tokenizer of ``kind`` that :meth:`to_hf` gave ``tokenizer`` for."""
+        check_choice("tokenizer kind", kind, KINDS)
+        return _CLASSES[kind]._from_hf(kind, tokenizer)
+
+    @classmethod
+    @abstractmethod
+    def _from_hf(cls, kind: str, tokenizer: Any) -> Tokenizer:
+        """The tokenizer whose :meth:`to_hf` gave ``tokenizer``."""
+
     def save(self, path: str | Path) -> None:
-        """Write :meth:`to_json` to ``path`` (the run's ``tokenizer.json``)."""
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        """Write the tokenizer to ``path`` as a file of the `tokenizers` library (:meth:`to_hf`), and its kind
+        beside it (:func:`info_path`); :func:`load_tokenizer` reads them back."""
+        path = Path(path)
+        path.write_text(self.to_hf().to_str(), encoding="utf-8")
+        info_path(path).write_text(json.dumps({"kind": self.kind}) + "\n", encoding="utf-8")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -145,6 +171,32 @@ class ByteTokenizer(Tokenizer):
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> Tokenizer:
         return cls()
+
+    def to_hf(self) -> Any:
+        """A byte-level BPE without merges: byte ``b`` is the library's byte character ``b``, at id ``5 + b``."""
+        from tokenizers import Tokenizer as LibTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *byte_characters()])}
+        tok = LibTokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(list(SPECIAL_TOKENS))
+        return tok
+
+    @classmethod
+    def _from_hf(cls, kind: str, tokenizer: Any) -> Tokenizer:
+        if tokenizer.get_vocab_size(with_added_tokens=True) != cls._offset + 256:
+            raise DataError(f"a byte tokenizer has {cls._offset + 256} ids, this file {tokenizer.get_vocab_size()}")
+        return cls()
+
+
+def byte_characters() -> list[str]:
+    """The character that byte-level tokenizers (GPT-2's, the ``ByteLevel`` pre-tokenizer of `tokenizers`) write
+    for each byte ``0..255``: printable latin-1 characters stand for themselves, the others for ``chr(256 + n)``."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
 
 
 class CharTokenizer(Tokenizer):
@@ -197,6 +249,23 @@ class CharTokenizer(Tokenizer):
     def _from_state(cls, state: dict[str, Any]) -> Tokenizer:
         return cls(chars=state["chars"])
 
+    def to_hf(self) -> Any:
+        """A word-level tokenizer whose words are single characters, joined again when decoded."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as LibTokenizer
+
+        vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *self.chars])}
+        tok = LibTokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[UNK_ID]))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
+        tok.decoder = decoders.Fuse()
+        tok.add_special_tokens(list(SPECIAL_TOKENS))
+        return tok
+
+    @classmethod
+    def _from_hf(cls, kind: str, tokenizer: Any) -> Tokenizer:
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        return cls(chars=[tokenizer.id_to_token(i) for i in range(len(SPECIAL_TOKENS), size)])
+
 
 class HFTokenizer(Tokenizer):
     """A tokenizer of the `tokenizers` library (word level, BPE, WordPiece or Unigram) behind our interface.
@@ -246,6 +315,13 @@ class HFTokenizer(Tokenizer):
 
     def _state(self) -> dict[str, Any]:
         return {"tokenizer": json.loads(self.hf.to_str())}
+
+    def to_hf(self) -> Any:
+        return self.hf
+
+    @classmethod
+    def _from_hf(cls, kind: str, tokenizer: Any) -> Tokenizer:
+        return cls(kind=kind, tokenizer=tokenizer)
 
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> Tokenizer:
@@ -348,13 +424,55 @@ def build_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = No
     return _hf_tokenizer(kind, texts, vocab_size, **opts)
 
 
+def info_path(path: str | Path) -> Path:
+    """Where the kind of the tokenizer saved at ``path`` lies: ``tokenizer_info.json`` beside ``tokenizer.json``
+    (``<stem>_info.json`` for another name)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_info.json")
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer saved at ``path`` by :meth:`Tokenizer.save`."""
+    """The tokenizer saved at ``path`` (a run's ``tokenizer.json``) by :meth:`Tokenizer.save`, its kind read from
+    :func:`info_path`; or one saved before as tfgraph's own JSON (:meth:`Tokenizer.to_json`).
+
+    Raises:
+        DataError: no file there, no ``tokenizer_info.json`` beside a `tokenizers` file, or a file that is neither.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no tokenizer file there (a run saves it as tokenizer.json)")
+    text = path.read_text(encoding="utf-8")
     try:
-        return Tokenizer.from_json(path.read_text(encoding="utf-8"))
+        state = json.loads(text)
+    except ValueError as err:
+        raise DataError(f"{path}: not a tokenizer JSON ({err})") from err
+    if isinstance(state, dict) and "kind" in state:  # tfgraph's own JSON (a file saved before tokenizer_info.json)
+        try:
+            return Tokenizer.from_json(text)
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from err
+    return _load_hf(path, text)
+
+
+def _load_hf(path: Path, text: str) -> Tokenizer:
+    """The tokenizer of a `tokenizers` file at ``path`` (holding ``text``), of the kind its info file names."""
+    from tokenizers import Tokenizer as LibTokenizer
+
+    info = info_path(path)
+    if not info.is_file():
+        raise DataError(f"{path}: no {info.name} beside it to say which tfgraph tokenizer kind it is")
+    try:
+        kind = json.loads(info.read_text(encoding="utf-8"))["kind"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f'{info}: expected {{"kind": <one of {", ".join(KINDS)}>}} ({type(err).__name__}: {err})'
+        ) from err
+    try:
+        tokenizer = LibTokenizer.from_str(text)
+    except Exception as err:  # the library's own error type
+        raise DataError(f"{path}: not a tokenizers-library file ({err})") from err
+    try:
+        return Tokenizer.from_hf(kind, tokenizer)
     except DataError as err:
         raise DataError(f"{path}: {err}") from err
 
