@@ -14,7 +14,18 @@ from typing import Any
 import tfgraph.blocks  # noqa: F401 (registers the built-in blocks)
 from tfgraph.registry import ConfigError, register
 
-__all__ = ["ConfigError", "build_model", "check", "compose", "generate", "load_tokenizer", "register", "train"]
+__all__ = [
+    "ConfigError",
+    "build_model",
+    "check",
+    "compose",
+    "from_hf",
+    "generate",
+    "load_tokenizer",
+    "register",
+    "to_hf",
+    "train",
+]
 __version__ = "0.1.0"
 
 # the exports imported on first use: name -> the module that defines it
@@ -26,6 +37,8 @@ _LAZY = {
     "train": "tfgraph.train",
     "check": "tfgraph.checks",
     "load_tokenizer": "tfgraph.data.tokenizers",
+    "from_hf": "tfgraph.interop",
+    "to_hf": "tfgraph.interop",
 }
 
 
