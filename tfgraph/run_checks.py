@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tfgraph.config import plain
 from tfgraph.flops import meta_model
 from tfgraph.registry import ConfigError, Problems
+from tfgraph.sweeps import KEEP_CHECKPOINTS
 from tfgraph.tasks import task_class
 from tfgraph.tasks.optim import check_optimizer, check_scheduler
 
@@ -187,7 +188,7 @@ SAMPLE_VALUES: dict[str, tuple[str, Any]] = {
 
 
 def check_run_values(cfg: DictConfig) -> None:
-    """``seed``, ``trust_plugins`` and the ``sample`` settings, before training: a sample drawn after a long run
+    """``seed``, ``trust_plugins``, ``sweep_checkpoints`` and the ``sample`` settings, before training: a sample drawn after a long run
     must not fail on a value that was wrong from the start."""
     problems = []
 
@@ -198,6 +199,10 @@ def check_run_values(cfg: DictConfig) -> None:
         problems.append(("seed", f"expected a whole number, got {value('seed')!r}"))
     if not isinstance(value("trust_plugins") or False, bool):
         problems.append(("trust_plugins", f"expected true or false, got {value('trust_plugins')!r}"))
+    if value("sweep_checkpoints") not in (None, *KEEP_CHECKPOINTS):
+        problems.append(
+            ("sweep_checkpoints", f"expected one of {', '.join(KEEP_CHECKPOINTS)}, got {value('sweep_checkpoints')!r}")
+        )
     if cfg.get("sample") is not None:
         for key, (expected, fits) in SAMPLE_VALUES.items():
             given = value(f"sample.{key}")

@@ -10,6 +10,10 @@ Every job of a ``tfgraph-train -m`` sweep runs in its own dir under the sweep di
   Hydra callback, when the job ends), and where ``run_info.json`` and ``metrics.json`` are when
   ``paths.output_dir`` put the run elsewhere.
 
+When a job ends it keeps of its checkpoints (the ``*.ckpt`` files in its run dir) what ``sweep_checkpoints``
+asks for (:data:`KEEP_CHECKPOINTS`, :func:`prune_checkpoints`): by default the best by ``optimized_metric``,
+none with ``debug=limit``; ``summary.md`` says which, and how many files and bytes the jobs kept.
+
 The summary reads only these files, so it works whichever launcher ran the jobs (in this process, in joblib
 workers or as SLURM jobs) and lists a job that died without a word as failed. A sweep that stops before its
 end (Ctrl-C; the submitit launcher raises for a job killed outright) has its summary written by
@@ -42,6 +46,14 @@ METRICS_FILE = "metrics.json"
 OVERRIDES_FILE = Path(".hydra", "overrides.yaml")
 METRIC_PREFIXES = ("val/", "test/")  # the metrics the summary lists
 NO_RESULT = "no job.json: the job did not finish (killed, timed out or still running); see its log"
+CHECKPOINT_GLOB = "*.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+KEEP_CHECKPOINTS = {  # sweep_checkpoints: what each job keeps of its checkpoints when it ends
+    "best": "its best by optimized_metric, or last.ckpt where callbacks.model_checkpoint saved none",
+    "last": "last.ckpt, its final weights",
+    "all": "every checkpoint",
+    "none": "no checkpoint",
+}
 
 
 @dataclass
@@ -58,6 +70,7 @@ class JobResult:
     params: int | None = None
     flops_per_token: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    run_dir: Path | None = None  # where the run wrote (paths.output_dir); None: the job's dir
 
 
 def error_line(err: BaseException) -> str:
@@ -97,6 +110,7 @@ def _read_job(job_dir: Path) -> JobResult:
             error=NO_RESULT,
             params=info.get("params"),
             flops_per_token=info.get("flops_per_token"),
+            run_dir=run_dir,
         )
     objective = record.get("optimized_metric")
     return JobResult(
@@ -110,6 +124,7 @@ def _read_job(job_dir: Path) -> JobResult:
         params=info.get("params"),
         flops_per_token=info.get("flops_per_token"),
         metrics={k: float(v) for k, v in metrics.items() if k.startswith(METRIC_PREFIXES) or k == objective},
+        run_dir=run_dir,
     )
 
 
@@ -141,6 +156,33 @@ def _job_num(job_dir: Path) -> int:
     return -1
 
 
+def check_sweep_checkpoints(value: Any) -> str:
+    """``sweep_checkpoints``: one of :data:`KEEP_CHECKPOINTS`, else a ConfigError listing them."""
+    if value not in KEEP_CHECKPOINTS:
+        raise ConfigError.at("sweep_checkpoints", f"expected one of {', '.join(KEEP_CHECKPOINTS)}, got {value!r}")
+    return value
+
+
+def prune_checkpoints(run_dir: str | Path, keep: str) -> list[Path]:
+    """Remove the checkpoints (``*.ckpt``) under a finished job's ``run_dir`` that ``keep`` (one of
+    :data:`KEEP_CHECKPOINTS`) does not keep: ``best`` keeps those other than ``last.ckpt`` (what
+    ``callbacks.model_checkpoint`` saved, the best by ``optimized_metric``), or ``last.ckpt`` where there are
+    none; ``last`` keeps ``last.ckpt``; ``all`` every one; ``none`` none. Returns the files removed."""
+    files = sorted(Path(run_dir).rglob(CHECKPOINT_GLOB))
+    last = [f for f in files if f.name == LAST_CHECKPOINT]
+    best = [f for f in files if f.name != LAST_CHECKPOINT]
+    kept = {"best": best or last, "last": last, "all": files, "none": []}[check_sweep_checkpoints(keep)]
+    removed = [f for f in files if f not in kept]
+    for f in removed:
+        f.unlink(missing_ok=True)
+    return removed
+
+
+def kept_checkpoints(jobs: Sequence[JobResult]) -> list[Path]:
+    """The checkpoints (``*.ckpt``) the jobs' run dirs hold."""
+    return [f for job in jobs for f in sorted((job.run_dir or job.dir).rglob(CHECKPOINT_GLOB)) if f.is_file()]
+
+
 def split_override(override: str) -> tuple[str, str]:
     """``model/norm=rmsnorm`` -> ``("model/norm", "rmsnorm")``; ``~callbacks.x`` -> ``("~callbacks.x", "")``."""
     key, _, value = override.partition("=")
@@ -160,6 +202,7 @@ def write_summary(
     declared: Iterable[str] = (),
     objective: str | None = None,
     mode: str = "min",
+    checkpoints: str | None = None,
 ) -> tuple[Path, Path, list[JobResult]]:
     """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir``.
 
@@ -168,6 +211,7 @@ def write_summary(
         declared: the override keys the sweep varies (they get a column even where every job has one value).
         objective: the metric the sweep optimises (``optimized_metric``); ``summary.md`` names the best job.
         mode: ``min`` or ``max``: which end of ``objective`` is best.
+        checkpoints: the sweep's ``sweep_checkpoints``, which ``summary.md`` states beside the checkpoints kept.
 
     Returns:
         The two paths and the jobs, as listed.
@@ -199,7 +243,7 @@ def write_summary(
 
     fixed = [f"{key}={value}" for key, value in _common_overrides(jobs).items() if key not in keys]
     md_path = sweep_dir / "summary.md"
-    md_path.write_text(_markdown(jobs, rows, columns, fixed, objective, mode))
+    md_path.write_text(_markdown(jobs, rows, columns, fixed, objective, mode, checkpoints))
     return csv_path, md_path, jobs
 
 
@@ -236,6 +280,7 @@ def _markdown(
     fixed: list[str],
     objective: str | None,
     mode: str,
+    checkpoints: str | None = None,
 ) -> str:
     failed = sum(job.status != "ok" for job in jobs)
     lines = ["# Sweep summary", "", f"{len(jobs)} jobs: {len(jobs) - failed} ok, {failed} failed."]
@@ -246,10 +291,22 @@ def _markdown(
             lines[-1] += f" Best {objective} ({mode}): {best.metrics[objective]:.4g}, job {best.num}{where}."
     if fixed:
         lines += ["", "Every job: `" + " ".join(fixed) + "`."]
+    lines += ["", _checkpoints_line(jobs, checkpoints)]
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(name, row[name]) for name in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _checkpoints_line(jobs: Sequence[JobResult], keep: str | None) -> str:
+    """``Checkpoints (sweep_checkpoints=best; or last, all, none): each job keeps ...; 4 files, 1.2 MB in ...``"""
+    files = kept_checkpoints(jobs)
+    size = sum(f.stat().st_size for f in files)
+    found = f"{len(files)} file{'s' * (len(files) != 1)}, {size / 1e6:.1f} MB in the jobs' dirs"
+    if keep not in KEEP_CHECKPOINTS:
+        return f"Checkpoints: {found}."
+    others = ", ".join(k for k in KEEP_CHECKPOINTS if k != keep)
+    return f"Checkpoints (sweep_checkpoints={keep}; or {others}): each job keeps {KEEP_CHECKPOINTS[keep]}; {found}."
 
 
 def _cell(name: str, value: Any) -> str:
@@ -280,6 +337,7 @@ def summarize_dir(sweep_dir: str | Path) -> tuple[Path, Path, list[JobResult]]:
         declared=declared_sweeps(config),
         objective=OmegaConf.select(config, "optimized_metric", throw_on_resolution_failure=False),
         mode=OmegaConf.select(config, "optimized_mode", default="min", throw_on_resolution_failure=False),
+        checkpoints=OmegaConf.select(config, "sweep_checkpoints", throw_on_resolution_failure=False),
     )
 
 
@@ -309,10 +367,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "KEEP_CHECKPOINTS",
     "JobResult",
     "best_job",
+    "check_sweep_checkpoints",
     "declared_sweeps",
     "error_line",
+    "prune_checkpoints",
     "read_jobs",
     "summarize_dir",
     "swept_keys",

@@ -37,8 +37,10 @@ from tfgraph.sweeps import (
     METRICS_FILE,
     RUN_INFO_FILE,
     JobResult,
+    check_sweep_checkpoints,
     declared_sweeps,
     error_line,
+    prune_checkpoints,
     read_jobs,
     write_json,
     write_summary,
@@ -72,8 +74,10 @@ def check_sweep(config: DictConfig) -> None:
         config: the multirun's config, as Hydra hands it to ``on_multirun_start`` (with Hydra initialised).
 
     Raises:
-        tfgraph.ConfigError: every value that does not compose, at its key, with the jobs it is in.
+        tfgraph.ConfigError: every value that does not compose, at its key, with the jobs it is in; a
+            ``sweep_checkpoints`` that is not one of best, last, all, none.
     """
+    check_sweep_checkpoints(config.get("sweep_checkpoints", "best"))
     loader = GlobalHydra.instance().config_loader()
     found: dict[tuple[str, str], str] = {}  # each problem, with the first probe it came up in
     for label, overrides in _probes(config, loader):
@@ -253,6 +257,10 @@ class SweepSummary(Callback):
         if run_dir(config) != Path(config.hydra.runtime.output_dir):
             record["output_dir"] = str(run_dir(config))  # paths.output_dir: where run_info and metrics are
         write_json(Path(config.hydra.runtime.output_dir, JOB_FILE), record)
+        keep = config.get("sweep_checkpoints", "best")
+        removed = prune_checkpoints(run_dir(config), keep)
+        if removed:
+            log.info("sweep_checkpoints=%s: removed %d checkpoints of job %s", keep, len(removed), record["num"])
         if os.getpid() == self.launcher_pid:
             self.summarize(config)
 
@@ -283,6 +291,7 @@ class SweepSummary(Callback):
             declared=self.declared,
             objective=config.get("optimized_metric"),
             mode=config.get("optimized_mode", "min"),
+            checkpoints=config.get("sweep_checkpoints", "best"),
         )
         return jobs
 
