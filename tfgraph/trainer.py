@@ -41,6 +41,8 @@ LIGHTNING_NOISE = ("💡 Tip:", "Trainer already configured with model summary c
 KNOWN_WARNINGS = (
     # torch 2.10+ deprecates LeafSpec, which Lightning's pytree helpers still build
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"pytorch_lightning\.utilities\._pytree"),
+    # tasks prepare batches on the host (Task.on_before_batch_transfer); tfgraph's DataModules define no such hook
+    (r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a", UserWarning, ""),
 )
 
 
