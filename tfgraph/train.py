@@ -33,6 +33,7 @@ from tfgraph.run_checks import check_budget, check_config, check_lengths, check_
 from tfgraph.run_data import absolute_paths, build_datamodule, checkpoint_datamodule, has_split, set_up
 from tfgraph.sweeps import write_json
 from tfgraph.tasks import CausalLM, Task, build_task, check_resumable, load_checkpoint, load_task, trust_options
+from tfgraph.tasks.base import check_compile
 from tfgraph.tasks.callbacks import StopOnDivergence, TrainingDiverged
 from tfgraph.tasks.loggers import sync_csv_columns
 from tfgraph.trainer import build_trainer, format_metrics, scalars, with_atomic_checkpoints
@@ -83,6 +84,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     """The run :func:`train` describes, in ``output_dir``."""
     load_plugins(cfg.get("plugins"), "plugins")
     max_params = check_config(cfg)
+    compile_mode = check_compile(cfg.get("compile"))
     pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # first: a missing logger package is found before any data is read
     if cfg.get("ckpt_path"):  # checked here, before Lightning's fit reads the file again
@@ -90,6 +92,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     else:
         task, datamodule = build(cfg, max_params)
     check_optimized_metric(cfg, task)
+    task.compile_mode = compile_mode  # Task.configure_model compiles, in each process
     tokenizer = datamodule.tokenizer
     tokenizer.save(output_dir / "tokenizer.json")
     log.info("data %s: %s tokenizer, %d ids", datamodule.name, tokenizer.kind, tokenizer.vocab_size)
