@@ -166,13 +166,3 @@ def test_bert_token_types_change_the_output():
     a = model(ids)
     b = model(ids, token_type_ids=torch.ones_like(ids))
     assert not torch.allclose(a, b)
-
-
-def test_model_traces_under_torch_compile_fullgraph():
-    """The graph executor and the attention context trace without graph breaks."""
-    model = build(["model=llama_tiny", "model.n_layers=2"])
-    ids = torch.randint(0, 512, (2, 16))
-    mask = torch.ones_like(ids)
-    mask[1, 10:] = 0
-    explain = torch._dynamo.explain(model)(ids, attention_mask=mask)
-    assert explain.graph_break_count == 0, explain.break_reasons

@@ -15,7 +15,7 @@ padding are kept.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +78,34 @@ class Stack(nn.Module):
         self.final_norm = final_norm
         self.causal = causal
         self.activation_checkpointing = activation_checkpointing
+        self._compiled: Callable[..., Tensor] | None = None  # compile_layers(together=True)
         self.windows = tuple(dict.fromkeys(w for layer in layers for w in layer.windows())) or (None,)
+
+    def run_layers(self, x: Tensor, ctx: AttentionContext, memory: Tensor | None = None) -> Tensor:
+        """The layers one after another without a cache (training, evaluation), checkpointed where that is on."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            for layer in self.layers:
+                x = checkpoint(layer, x, ctx, memory, use_reentrant=False)
+        else:
+            for layer in self.layers:
+                x = layer(x, ctx, memory)
+        return x
+
+    def compile_layers(self, *, together: bool, backend: str = "inductor") -> None:
+        """``torch.compile`` the layers for the forward without a cache (training, evaluation); generating from a
+        cache stays eager.
+
+        Args:
+            together: all layers as one graph (:meth:`run_layers`), else each layer graph apart, in place
+                (``nn.Module.compile``: layers that share their code compile once; this survives FSDP wrapping
+                each layer).
+            backend: the ``torch.compile`` backend.
+        """
+        if together:
+            self._compiled = torch.compile(self.run_layers, backend=backend)
+        else:
+            for layer in self.layers:
+                layer.compile(backend=backend)
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype, device: torch.device | str) -> StackCache:
         """An empty cache of ``max_len`` slots for ``batch`` rows, for a causal stack whose attention keeps one."""
@@ -104,15 +131,11 @@ class Stack(nn.Module):
         cache: StackCache | None = None,
     ) -> Tensor:
         x, ctx = self._prelude(x, padding_mask, memory_padding_mask, position_ids, cache)
-        if cache is None and self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            for layer in self.layers:
-                x = checkpoint(layer, x, ctx, memory, use_reentrant=False)
-        elif cache is None:
-            for layer in self.layers:
-                x = layer(x, ctx, memory)
+        if cache is None:
+            x = (self._compiled or self.run_layers)(x, ctx, memory)
         else:  # the new tokens after the cached ones; the cache takes their keys and values
             for layer, entries in zip(self.layers, cache.layers, strict=True):
-                x = layer(x, ctx, memory, entries)
+                x = layer._call_impl(x, ctx, memory, entries)  # eager, also where compile_layers compiled the layer
             cache.length += x.shape[1]
         return x if self.final_norm is None else self.final_norm(x)
 

@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric, Metric
 from tfgraph.data.tokenizers import Tokenizer
 from tfgraph.models import Transformer, build_model
 from tfgraph.models.build import init_weights
+from tfgraph.models.transformer import Stack
 from tfgraph.registry import ConfigError, Problems, bind, lookup
 from tfgraph.tasks.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
 
@@ -27,6 +28,8 @@ CHECKPOINT_FORMAT = 1
 STAGES = ("val", "test")  # stages with epoch-level metrics (training logs per step)
 DEFAULT_OPTIMIZER = {"name": "adamw"}
 # tiny presets of each topology, named in the message that refuses a task/topology pair
+# the top-level `compile` key: false (eager), true (the whole model, one graph), layers (each layer graph apart)
+COMPILE_MODES = (False, True, "layers")
 EXAMPLE_PRESETS = {
     "decoder_only": ("gpt2_tiny", "llama_tiny"),
     "encoder_only": ("bert_tiny",),
@@ -67,6 +70,7 @@ class Task(pl.LightningModule):
     name: ClassVar[str]
     topologies: ClassVar[dict[str, str]]  # the topologies that fit, and how the task uses each
     perplexity: ClassVar[bool] = False  # whether the loss is a per-token LM loss (logs exp(loss) as perplexity)
+    compile_mode: bool | str = False  # the top-level `compile` setting (compile_model), applied by configure_model
 
     def __init__(
         self,
@@ -152,6 +156,15 @@ class Task(pl.LightningModule):
         return names
 
     # --------------------------------------------------------------------------------------------- steps
+
+    def configure_model(self) -> None:
+        """Lightning's hook in each process before the strategy wraps the model: compile as ``compile_mode`` says
+        (the top-level ``compile`` setting, which :func:`tfgraph.train` sets; here, after DDP's workers are spawned,
+        since compiled functions do not pickle). Once per task."""
+        mode = getattr(self, "compile_mode", False)
+        if mode is not False and not getattr(self, "_compiled_as", None):
+            compile_model(self.model, mode)
+            self._compiled_as = mode
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Host-side preparation of a batch, before Lightning moves it to the device: an attention mask without
@@ -263,6 +276,41 @@ class Task(pl.LightningModule):
         weights in checkpoints)."""
         if getattr(self.model, "head", None) is not None:
             self.model.head = None
+
+
+def check_compile(mode: Any) -> bool | str:
+    """The top-level ``compile`` setting checked: ``false``, ``true`` or ``layers`` (a ConfigError otherwise)."""
+    if mode is None:
+        return False
+    if not any(mode is m or (isinstance(m, str) and mode == m) for m in COMPILE_MODES):
+        raise ConfigError.at(
+            "compile",
+            f"expected false, true (torch.compile the whole model) or layers (each layer graph apart), got {mode!r}",
+        )
+    return mode
+
+
+def compile_model(model: nn.Module, mode: bool | str, *, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` the layers of a model's stacks in place, as the top-level ``compile`` setting says: for
+    the forward without a cache (training and evaluation, every task), while generating from a KV cache stays
+    eager. Parameter names, and so checkpoints, stay as they are.
+
+    Args:
+        model: the model (a task's ``model``), or any module holding stacks.
+        mode: ``True``: each stack's layers as one graph; ``"layers"``: each
+            :class:`~tfgraph.graph.LayerGraph` apart (regional compilation: layers that share their code compile
+            once, so a deep model starts sooner); ``False``: nothing.
+        backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` traces without generating code).
+
+    Returns:
+        ``model`` itself.
+    """
+    mode = check_compile(mode)
+    if mode is not False:
+        for module in model.modules():
+            if isinstance(module, Stack):
+                module.compile_layers(together=mode is True, backend=backend)
+    return model
 
 
 def drop_full_mask(batch: Any) -> Any:
