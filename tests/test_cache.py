@@ -148,13 +148,14 @@ def test_cross_attention_projects_the_memory_once(preset):
     for layer in model.decoder.layers:
         layer.cross.kv.register_forward_hook(lambda module, args, out: calls.append(module))
     source = ids(2, 9)
-    generate(model, source, max_new_tokens=6, decoder_start_token_id=0)
+    forced = dict(decoder_start_token_id=0, cpu_linear="pytorch")  # a forced kernel: no timed steps to count
+    generate(model, source, max_new_tokens=6, **forced)
     assert len(calls) == len(model.decoder.layers)  # once per layer for the whole generation
     calls.clear()
-    generate(model, source, max_new_tokens=6, decoder_start_token_id=0, strategy="beam", num_beams=3)
+    generate(model, source, max_new_tokens=6, strategy="beam", num_beams=3, **forced)
     assert len(calls) == len(model.decoder.layers)  # beams reorder the projected memory, never recompute it
     calls.clear()
-    generate(model, source, max_new_tokens=6, decoder_start_token_id=0, use_cache=False)
+    generate(model, source, max_new_tokens=6, use_cache=False, **forced)
     assert len(calls) == 6 * len(model.decoder.layers)
 
 

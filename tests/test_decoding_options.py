@@ -140,6 +140,7 @@ def command_options(**settings) -> dict:
 
 def test_tfgraph_generate_passes_on_what_is_set_and_a_seed_only_to_sampling() -> None:
     assert command_options(seed=3) == {"strategy": "greedy", "max_new_tokens": 64, "use_cache": True,
+                                       "compile": False, "cpu_linear": "auto",
                                        "num_return_sequences": 1}  # fmt: skip
     sampled = command_options(strategy="sample", seed=3, top_k=5)
     assert (sampled["seed"], sampled["top_k"]) == (3, 5)

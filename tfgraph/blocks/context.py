@@ -12,6 +12,10 @@ cross-attention), how many *slots* are filled, and, once a call brought padding,
 tokens. Slots and positions differ only under left padding: a row's position is the number of its real
 tokens before it, so a left-padded row computes what it computes alone. Masks and score biases use slots
 (their differences equal position differences for real tokens); embeddings and rotary tables use positions.
+
+A :class:`StaticStackCache` keeps the same in tensors: its fill count is a tensor, every call writes its keys and
+values at those slots and attends to all ``max_len`` slots through a mask. No shape and no Python value changes from
+one token to the next, so ``torch.compile`` captures a decode step whole and runs it for every token.
 """
 
 from __future__ import annotations
@@ -134,12 +138,16 @@ def cached_attention_context(
 
     Args:
         position: the stack's position block.
-        offset: slots already filled.
+        offset: slots already filled; a 0-dim tensor for a :class:`StaticStackCache` (see :func:`static_context`).
         length: new tokens in this call.
         positions: ``[length]`` or ``[B, length]`` positions of the new tokens (for rotary tables).
         key_mask: ``[B, >= offset + length]`` True for slots holding real tokens, or ``None`` (no padding so far).
         windows: the sliding windows used by the stack's attention blocks (``None`` = global).
     """
+    if isinstance(offset, Tensor):
+        return static_context(
+            position, offset=offset, length=length, positions=positions, key_mask=key_mask, windows=windows
+        )
     end = offset + length
     q_pos = torch.arange(offset, end, device=positions.device)
     k_pos = torch.arange(end, device=positions.device)
@@ -165,6 +173,39 @@ def cached_attention_context(
     )
 
 
+def static_context(
+    position: Position,
+    *,
+    offset: Tensor,
+    length: int,
+    positions: Tensor,
+    key_mask: Tensor,
+    windows: Iterable[int | None],
+) -> AttentionContext:
+    """The context of a causal stack that continues from a :class:`StaticStackCache`: the queries attend to every
+    slot of the cache, and the masks (``[B, 1, length, max_len]``) hide the slots after each query, outside its window
+    and holding padding. Built from tensors only, the same code for every token.
+
+    Args:
+        position: the stack's position block.
+        offset: 0-dim tensor, the slots already filled.
+        length: new tokens in this call.
+        positions: ``[B, length]`` positions of the new tokens (for rotary tables).
+        key_mask: ``[B, max_len]`` True for slots holding real tokens (those not yet filled are masked anyway).
+        windows: the sliding windows used by the stack's attention blocks (``None`` = global).
+    """
+    q_pos = offset + torch.arange(length, device=key_mask.device)
+    k_pos = torch.arange(key_mask.shape[1], device=key_mask.device)
+    bias = position.score_bias(q_pos, k_pos, causal=True)
+    masks: dict[int | None, Tensor | None] = {}
+    for window in windows:
+        allowed = _allowed(q_pos, k_pos, causal=True, window=window, key_mask=key_mask)
+        masks[window] = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
+    return AttentionContext(
+        masks=masks, rope=position.rotary(positions), offset=offset, key_start=dict.fromkeys(masks, 0)
+    )
+
+
 def memory_mask(padding_mask: Tensor | None) -> Tensor | None:
     """Cross-attention mask ``[B, 1, 1, Tk]`` from the encoder's ``[B, Tk]`` padding mask."""
     return None if padding_mask is None else padding_mask[:, None, None, :].bool()
@@ -187,15 +228,28 @@ class KVCache:
         self.k = torch.empty(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)
 
-    def update(self, k: Tensor, v: Tensor, offset: int) -> tuple[Tensor, Tensor]:
-        """Write ``k, v`` ``[B, H_kv, T, hd]`` at slots ``offset ..``; return all filled slots ``[B, H_kv, offset + T, hd]``."""
+    def update(self, k: Tensor, v: Tensor, offset: int | Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k, v`` ``[B, H_kv, T, hd]`` at slots ``offset ..``; return all filled slots ``[B, H_kv, offset + T, hd]``.
+
+        With a 0-dim tensor ``offset`` (a :class:`StaticStackCache`), return every slot ``[B, H_kv, max_len, hd]``: the
+        context's masks hide those not filled.
+        """
+        if isinstance(offset, Tensor):
+            slots = offset + torch.arange(k.shape[2], device=k.device)
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+            return self.k, self.v
         end = offset + k.shape[2]
         self.k[:, :, offset:end] = k
         self.v[:, :, offset:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def reorder(self, index: Tensor, length: int) -> None:
-        """Rows take the filled slots of rows ``index`` ``[B]`` (beam search)."""
+    def reorder(self, index: Tensor, length: int | None) -> None:
+        """Rows take the filled slots (``None``: all slots) of rows ``index`` ``[B]`` (beam search)."""
+        if length is None:
+            self.k.copy_(self.k[index])
+            self.v.copy_(self.v[index])
+            return
         self.k[:, :, :length] = self.k[index, :, :length]
         self.v[:, :, :length] = self.v[index, :, :length]
 
@@ -212,7 +266,7 @@ class MemoryKV:
         self.k: Tensor | None = None
         self.v: Tensor | None = None
 
-    def reorder(self, index: Tensor, length: int) -> None:
+    def reorder(self, index: Tensor, length: int | None) -> None:
         """Rows take the memory of rows ``index`` ``[B]`` (beam search)."""
         if self.k is not None:
             self.k, self.v = self.k[index], self.v[index]
@@ -269,3 +323,50 @@ class StackCache:
         if self.key_mask is not None:
             self.key_mask = self.key_mask[index]
             self.next_position = self.next_position[index]
+
+
+class StaticStackCache(StackCache):
+    """A :class:`StackCache` whose state is tensors of fixed shapes, for a decode step ``torch.compile`` captures.
+
+    ``length`` is a 0-dim tensor (so a call reaches :func:`static_context` and :meth:`KVCache.update` writes at
+    tensor slots), and ``key_mask`` and ``next_position`` exist from the start. Nothing checks that the cache has room
+    (that would read a tensor on the host each step): the caller sizes it, as
+    :class:`~tfgraph.decoding.session.Session` does.
+
+    Args:
+        cache: an empty cache of the stack (``model.new_cache(batch, max_len)``), whose block caches it takes.
+        batch: its rows.
+        device: where its tensors live.
+    """
+
+    def __init__(self, cache: StackCache, *, batch: int, device: torch.device | str) -> None:
+        super().__init__(cache.layers, cache.max_len)
+        for entries in self.layers:  # slots not yet filled are masked, but a NaN there would still reach 0 * NaN
+            for entry in entries:
+                if isinstance(entry, KVCache):
+                    entry.k.zero_()
+                    entry.v.zero_()
+        self.length = torch.zeros((), dtype=torch.long, device=device)
+        self.key_mask = torch.ones(batch, self.max_len, dtype=torch.bool, device=device)
+        self.next_position = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def positions(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """``[B, T]`` positions of the new tokens of ``x``, recording their padding ``[B, T]`` (1 = token)."""
+        batch, length = x.shape[:2]
+        real = (
+            torch.ones(batch, length, dtype=torch.bool, device=x.device)
+            if padding_mask is None
+            else padding_mask.bool()
+        )
+        self.key_mask.index_copy_(1, self.length + torch.arange(length, device=x.device), real)
+        positions = self.next_position[:, None] + real.long().cumsum(1) - 1
+        self.next_position.add_(real.sum(1))
+        return positions.clamp(min=0)
+
+    def reorder(self, index: Tensor) -> None:
+        """Row ``i`` continues from row ``index[i]`` (beam search keeps the best continuations)."""
+        for entries in self.layers:
+            for entry in entries:
+                entry.reorder(index, None)
+        self.key_mask.copy_(self.key_mask[index])
+        self.next_position.copy_(self.next_position[index])

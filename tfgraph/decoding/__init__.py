@@ -7,12 +7,13 @@
 See :func:`generate`; its settings are one table, :class:`DecodingOptions` (:mod:`tfgraph.decoding.options`: each
 setting's default, the strategies it applies to and its checks), the loops are in :mod:`tfgraph.decoding.search`,
 the score processing in :mod:`tfgraph.decoding.logits`, and what feeds the model in :mod:`tfgraph.decoding.session`.
+:func:`choose_linear` picks the CPU kernel of the linear layers by timing (:mod:`tfgraph.decoding.cpu`).
 :func:`generate_windowed` goes on past the model's context (:mod:`tfgraph.decoding.window`), and
 :func:`generate_text` takes and returns text (:mod:`tfgraph.decoding.text`).
 """
 
 from tfgraph.decoding.api import GenerateOutput, generate
-from tfgraph.decoding.cpu import onednn_linear
+from tfgraph.decoding.cpu import LinearChoice, choose_linear, onednn_linear
 from tfgraph.decoding.logits import min_p_filter, repetition_penalty, sampling_scores, top_k_filter, top_p_filter
 from tfgraph.decoding.options import DecodingOptions, check_settings
 from tfgraph.decoding.session import Session, left_padding_positions, pad_prompts
@@ -23,9 +24,11 @@ __all__ = [
     "Completion",
     "DecodingOptions",
     "GenerateOutput",
+    "LinearChoice",
     "Session",
     "TextStreamer",
     "check_settings",
+    "choose_linear",
     "generate",
     "generate_text",
     "generate_windowed",

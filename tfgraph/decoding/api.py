@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from tfgraph.decoding.cpu import onednn_linear
+from tfgraph.decoding.cpu import choose_linear, linear_kernel
 from tfgraph.decoding.logits import sampling_scores
 from tfgraph.decoding.options import DecodingOptions, Strategy, check_settings, options_doc
 from tfgraph.decoding.search import SeenTokens, beam_search, token_search
@@ -66,14 +66,16 @@ def generate(
     generator: torch.Generator | None = None,
     streamer: Callable[[Tensor], None] | None = None,
     output_logits: bool = False,
-    fast_cpu_linear: bool = True,
+    cpu_linear: str = "auto",
+    compile: bool = False,
 ) -> GenerateOutput:
     """Generate tokens from a tfgraph model (``decoder_only``: continue the prompts; ``encoder_decoder``: decode
     from the sources, starting with ``decoder_start_token_id``).
 
     The model runs in eval mode for the call (its mode is restored after). Batched prompts of a decoder-only model
     are left-padded, with ``attention_mask`` marking the padding; each row then computes what it would alone. A float32
-    model on CPU runs its linear layers on oneDNN's multi-threaded kernel (:mod:`tfgraph.decoding.cpu`).
+    model on CPU runs its linear layers on the faster of PyTorch's and oneDNN's kernel, timed on this machine the first
+    time a model of its shapes generates (:mod:`tfgraph.decoding.cpu`).
 
     Args:
         model: a ``decoder_only`` or ``encoder_decoder`` tfgraph model.
@@ -93,7 +95,10 @@ def generate(
     stop_ids = _stop_ids(options.eos_token_id, input_ids.device)
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # no padding: the fast path
-    with _eval_mode(model), onednn_linear(_fast_cpu_linear(model, options.fast_cpu_linear)):
+    rows = input_ids.shape[0] * options.rows_per_input
+    with _eval_mode(model):
+        kernel = choose_linear(model, rows=rows, wanted=options.cpu_linear, use_cache=options.use_cache).kernel
+    with _eval_mode(model), linear_kernel(kernel):
         session = Session(
             model,
             input_ids,
@@ -102,6 +107,7 @@ def generate(
             use_cache=options.use_cache,
             decoder_start_token_id=options.decoder_start_token_id,
             expand=options.rows_per_input,
+            compile=options.compile,
         )
         penalty = _seen_tokens(model, session, input_ids, attention_mask, options)
         return _search(session, options, batch_size=input_ids.shape[0], stop_ids=stop_ids, penalty=penalty)
@@ -180,12 +186,6 @@ def random_generator(seed: int | None, generator: torch.Generator | None, device
     else:
         generator.manual_seed(seed)
     return generator
-
-
-def _fast_cpu_linear(model: nn.Module, wanted: bool) -> bool:
-    """Whether to run ``F.linear`` on oneDNN: ``wanted``, and a float32 model on CPU."""
-    weight = next(model.parameters(), None)
-    return wanted and weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
 
 
 def _argmax(scores: Tensor) -> Tensor:

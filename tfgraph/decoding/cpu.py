@@ -1,25 +1,43 @@
-"""Faster decoding on CPU: matrix-vector products on all threads.
+"""The CPU linear kernel of a decode step, chosen by measuring both on the machine that generates.
 
 A one-token decode step multiplies one vector by every weight matrix of the model, so it is bound by how fast the
-weights stream from memory. PyTorch's CPU ``F.linear`` for a single row (MKL's matrix-vector product) runs on one
-thread for these shapes, however many ``torch.get_num_threads()`` allows; oneDNN's inner product, which PyTorch ships
-for its compiler (``torch.ops.mkldnn._linear_pointwise``), splits the matrix over the threads. On the 2-core machine of
-``experiments/benchmarks/generate_vs_hf.py`` the 49 matrix-vector products of a GPT-2 small step take about 20 ms
-that way instead of about 35 ms, and generation runs about 1.6x as fast (``experiments/README.md``).
+weights stream from memory. Two kernels can compute ``F.linear`` there: PyTorch's own (for a single row, MKL's
+matrix-vector product, which on some CPUs runs on one thread whatever ``torch.get_num_threads()`` allows) and
+oneDNN's inner product, which PyTorch ships for its compiler (``torch.ops.mkldnn._linear_pointwise``, a private op)
+and which splits the matrix over the threads. Which is faster depends on the CPU, the model's shapes and the batch:
+on the AMD EPYC of ``experiments/benchmarks/generate_vs_hf.py`` oneDNN makes GPT-2 small's steps about twice as fast
+and ``gpt2_tiny``'s about three times as slow (its matrices are tiny, and routing ``F.linear`` costs Python time on
+every op of the step); on an Intel Xeon oneDNN was slower for GPT-2 small as well.
 
-:func:`onednn_linear` routes ``F.linear`` through oneDNN within a ``with`` block; :func:`tfgraph.decoding.generate`
-uses it on its own for float32 models on CPU.
+So nothing is assumed: :func:`choose_linear` times real decode steps of the model under each kernel, interleaved,
+the first time a model of those shapes generates that many rows, and remembers the faster for the process (and, with
+``TFGRAPH_REMEMBER_CPU_LINEAR=1``, in ``cpu_linear.json`` under the tfgraph cache folder, ``$TFGRAPH_CACHE`` or
+``~/.cache/tfgraph``). :func:`linear_kernel` runs a block of code on the chosen kernel; ``generate(cpu_linear=...)``
+forces one. Results differ by float rounding only.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import statistics
+import time
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+Kernel = Literal["onednn", "pytorch"]
+KERNELS: tuple[Kernel, ...] = ("onednn", "pytorch")
+REMEMBER_ENV = "TFGRAPH_REMEMBER_CPU_LINEAR"  # "1": remember the choices on disk too
+MIN_STEPS, MAX_STEPS, MIN_SECONDS = 3, 12, 0.2  # timed steps per kernel: at least 3, more while under 0.2 s, <= 12
 
 
 @functools.cache
@@ -41,11 +59,24 @@ def onednn_available() -> bool:
         return False
 
 
+@torch.library.custom_op("tfgraph::onednn_linear", mutates_args=())
+def _compiled_onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """oneDNN's linear as an opaque op for ``torch.compile`` (Inductor lowers the private op only for frozen
+    weights)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@_compiled_onednn_linear.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 class OneDNNLinear(TorchFunctionMode):
     """Within the ``with`` block, ``F.linear`` of float32 CPU tensors without autograd runs on oneDNN's kernel.
 
     Any other call (another dtype or device, gradients wanted) runs as usual, and so does every call after the kernel
-    raised once. Results differ from PyTorch's own kernel by float rounding only.
+    raised once. Results differ from PyTorch's own kernel by float rounding only. A step compiled within the block
+    (``torch.compile`` traces the mode) calls the kernel through the op ``tfgraph::onednn_linear``.
     """
 
     def __init__(self) -> None:
@@ -58,6 +89,8 @@ class OneDNNLinear(TorchFunctionMode):
             x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if _fits(x, weight, bias):
+                if torch.compiler.is_compiling():
+                    return _compiled_onednn_linear(x, weight, bias)
                 try:
                     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
                 except Exception:  # a shape or CPU the kernel does not take: PyTorch's own from now on
@@ -69,10 +102,7 @@ def _fits(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         not torch.is_grad_enabled()
-        and all(
-            type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
-            for t in tensors
-        )
+        and all(isinstance(t, Tensor) and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not any(t.is_mkldnn or t.is_sparse for t in tensors)
         and weight.dim() == 2
         and x.dim() >= 2
@@ -83,3 +113,161 @@ def onednn_linear(enabled: bool = True) -> AbstractContextManager:
     """A context in which float32 CPU ``F.linear`` without autograd runs on oneDNN (PyTorch's own kernel where
     :func:`onednn_available` says no)."""
     return OneDNNLinear() if enabled and onednn_available() else nullcontext()
+
+
+def linear_kernel(kernel: Kernel) -> AbstractContextManager:
+    """A context in which ``F.linear`` runs on ``kernel`` (``"pytorch"``: nothing changes)."""
+    return onednn_linear(kernel == "onednn")
+
+
+# ----------------------------------------------------------------------------------------------- the choice
+
+
+@dataclass(frozen=True)
+class LinearChoice:
+    """The kernel a generation's linear layers run on, and why.
+
+    Attributes:
+        kernel: ``"onednn"`` or ``"pytorch"``.
+        reason: ``"measured"`` (timed just now), ``"remembered"`` (timed earlier in this process), ``"on disk"``
+            (timed by an earlier process on this machine), ``"forced"`` (``cpu_linear`` named it), ``"not a float32
+            CPU model"`` or ``"oneDNN unavailable"`` (PyTorch's own, nothing timed).
+        step_ms: the median decode step per kernel in milliseconds, where timed.
+    """
+
+    kernel: Kernel
+    reason: str
+    step_ms: dict[str, float] = field(default_factory=dict)
+
+
+_chosen: dict[str, LinearChoice] = {}  # this process's measurements, by choice_key
+
+
+def choose_linear(
+    model: nn.Module, *, rows: int, wanted: str = "auto", use_cache: bool = True, steps: int | None = None
+) -> LinearChoice:
+    """The kernel ``model`` decodes ``rows`` rows on: ``wanted`` if it names one, else the faster one measured.
+
+    A float32 CPU model measures once per process for its shapes, batch and thread count (see the module's text);
+    any other model runs PyTorch's own kernel.
+
+    Args:
+        model: a ``decoder_only`` or ``encoder_decoder`` tfgraph model, in eval mode.
+        rows: the rows a decode step feeds (batch times beams or samples).
+        wanted: ``"auto"`` (measure), ``"onednn"`` or ``"pytorch"`` (forced; oneDNN only where it is available).
+        use_cache: whether the steps feed a KV cache (else they re-run the sequence).
+        steps: timed steps per kernel (default: at least 3, more while they take under 0.2 s, at most 12).
+    """
+    if not _float32_cpu(model):
+        return LinearChoice("pytorch", "not a float32 CPU model")
+    if not onednn_available():
+        return LinearChoice("pytorch", "oneDNN unavailable")
+    if wanted != "auto":
+        return LinearChoice(wanted, "forced")
+    key = choice_key(model, rows, use_cache)
+    if key in _chosen:
+        return LinearChoice(_chosen[key].kernel, "remembered", _chosen[key].step_ms)
+    choice = _read_remembered(key)
+    if choice is None:
+        step_ms = time_decode_steps(model, rows=rows, use_cache=use_cache, steps=steps)
+        choice = LinearChoice(min(step_ms, key=step_ms.get), "measured", step_ms)
+        _write_remembered(key, choice)
+    _chosen[key] = choice
+    return choice
+
+
+def forget_choices() -> None:
+    """Drop this process's remembered choices (the next generation measures again, unless remembered on disk)."""
+    _chosen.clear()
+
+
+def choice_key(model: nn.Module, rows: int, use_cache: bool = True) -> str:
+    """What a choice depends on: the model's parameter shapes, the rows, the cache, the threads, torch and the CPU."""
+    shapes = ";".join(f"{name}:{tuple(p.shape)}" for name, p in model.named_parameters())
+    setting = f"rows={rows}|cache={use_cache}|threads={torch.get_num_threads()}"
+    about = f"{type(model).__name__}|{shapes}|{setting}|{torch.__version__}|{_cpu()}"
+    return hashlib.sha256(about.encode()).hexdigest()[:32]
+
+
+@torch.no_grad()
+def time_decode_steps(
+    model: nn.Module, *, rows: int, use_cache: bool = True, steps: int | None = None
+) -> dict[str, float]:
+    """The median wall time in milliseconds of a one-token decode step of ``model``, per kernel.
+
+    One session of ``rows`` one-token prompts (encoder-decoder: one-token sources) feeds a step under each kernel in
+    turn, so both see the same cache lengths and the same load on the machine.
+    """
+    from tfgraph.decoding.session import Session  # (the session imports nothing of this module)
+
+    wanted = steps or MAX_STEPS
+    most = 2 + wanted * len(KERNELS)
+    prompt = torch.zeros(rows, 1, dtype=torch.long, device=next(model.parameters()).device)
+    session = Session(model, prompt, None, max_new_tokens=most + 1, use_cache=use_cache, decoder_start_token_id=0)
+    tokens = session.first().argmax(-1)
+    modes = {kernel: linear_kernel(kernel) for kernel in KERNELS}
+    times: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
+    start = time.perf_counter()
+    for step in range(most // len(KERNELS)):
+        for kernel in KERNELS:
+            with modes[kernel]:
+                began = time.perf_counter()
+                session.step(tokens)
+                if step:  # the first step of each is a warm-up
+                    times[kernel].append(time.perf_counter() - began)
+        done = step >= (steps or MIN_STEPS)
+        if done and (steps is not None or time.perf_counter() - start > MIN_SECONDS):
+            break
+    return {kernel: 1e3 * statistics.median(t) for kernel, t in times.items()}
+
+
+def _float32_cpu(model: nn.Module) -> bool:
+    weight = next(model.parameters(), None)
+    return weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+
+
+@functools.cache
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def _remembered_path() -> Path | None:
+    if os.environ.get(REMEMBER_ENV) != "1":
+        return None
+    from tfgraph.data.sources import cache_dir  # the one definition of the tfgraph cache folder
+
+    return cache_dir("cpu_linear.json")
+
+
+def _read_remembered(key: str) -> LinearChoice | None:
+    path = _remembered_path()
+    if path is None or not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text()).get(key)
+    except (OSError, ValueError):  # unreadable or broken: measure again (and write it anew)
+        return None
+    if not isinstance(entry, dict) or entry.get("kernel") not in KERNELS:
+        return None
+    return LinearChoice(entry["kernel"], "on disk", dict(entry.get("step_ms", {})))
+
+
+def _write_remembered(key: str, choice: LinearChoice) -> None:
+    path = _remembered_path()
+    if path is None:
+        return
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        known = {}
+    known[key] = {"kernel": choice.kernel, "step_ms": choice.step_ms, "cpu": _cpu(), "torch": torch.__version__}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(f".{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(known, indent=1) + "\n")
+    scratch.replace(path)  # whole or not at all, whoever reads it meanwhile

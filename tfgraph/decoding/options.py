@@ -220,10 +220,19 @@ class DecodingOptions:
         applies=STEPWISE,
         why="beams change until the end",
     )
-    fast_cpu_linear: bool = _option(
-        True,
-        doc="run a float32 CPU model's ``F.linear`` on oneDNN (:func:`~tfgraph.decoding.cpu.onednn_linear`); "
-        "``False`` keeps PyTorch's default kernel (the results differ by float rounding only).",
+    cpu_linear: str = _option(
+        "auto",
+        doc='float32 CPU models: the kernel of the linear layers, ``"auto"`` (the faster of the two on this machine, '
+        'timed the first time a model of these shapes generates, :mod:`~tfgraph.decoding.cpu`), ``"onednn"`` or '
+        '``"pytorch"`` (the results differ by float rounding only).',
+        rule=Rule(lambda k: k in ("auto", "onednn", "pytorch"), "must be 'auto', 'onednn' or 'pytorch'"),
+        key=Any,
+    )
+    compile: bool = _option(
+        False,
+        doc="run each one-token decode step as one ``torch.compile`` graph over a static KV cache (the first call "
+        "for a model, batch and cache size compiles; the tokens are those of the eager step).",
+        key=bool,
     )
 
     @classmethod
@@ -292,6 +301,8 @@ class DecodingOptions:
         """The settings that are fine alone but not together (of :meth:`resolved` options)."""
         if self.strategy == "sample" and self.seed is not None and self.generator is not None:
             return [("seed", "give either seed or generator, not both")]
+        if self.compile and not self.use_cache:
+            return [("compile", "compile=True compiles the cached decode step: it needs use_cache=True")]
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
             message = f"num_return_sequences must be between 1 and num_beams={self.num_beams}"
             return [("num_return_sequences", message)]

@@ -3,14 +3,23 @@
 :class:`Session` hides the difference between a decoder-only model (continue the prompt) and an encoder-decoder
 (encode the source once; the decoder starts from a start token), and between decoding with the KV cache (feed
 only the new token) and without it (re-run the whole sequence, the reference the cache is checked against).
+
+With ``compile=True`` the cache is a :class:`~tfgraph.blocks.context.StaticStackCache` (its size rounded up to a
+multiple of :data:`STATIC_SLOTS`, so that most generations reuse one compiled step) and each one-token step runs
+through :func:`compiled_step`, one ``torch.compile(fullgraph=True)`` graph for every token; the prompt runs eagerly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from tfgraph.blocks.context import StaticStackCache
+
+STATIC_SLOTS = 64  # a static cache holds a multiple of this many slots
 
 
 def pad_prompts(rows: Sequence[Sequence[int] | Tensor], pad_id: int, *, left: bool = True) -> tuple[Tensor, Tensor]:
@@ -47,6 +56,7 @@ class Session:
         use_cache: keep a KV cache and feed only new tokens; otherwise re-run every fed token at each step.
         decoder_start_token_id: the decoder's first token (encoder-decoder only).
         expand: repeat every row this many times (beams or samples of one input); an encoder runs once per input.
+        compile: run each one-token step as one compiled graph over a static cache (needs ``use_cache``).
     """
 
     def __init__(
@@ -59,10 +69,14 @@ class Session:
         use_cache: bool,
         decoder_start_token_id: int | None = None,
         expand: int = 1,
+        compile: bool = False,
     ) -> None:
+        if compile and not use_cache:
+            raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
         self.model = model
         self.device = input_ids.device
         self.use_cache = use_cache
+        self.compiled = compile
         self.encoder_decoder = model.topology == "encoder_decoder"
         if self.encoder_decoder:
             if decoder_start_token_id is None:
@@ -84,7 +98,12 @@ class Session:
             self.mask = attention_mask
             self.positions = None if attention_mask is None else left_padding_positions(attention_mask)
             fed = input_ids.shape[1] + max_new_tokens - 1
-        self.cache = model.new_cache(self.tokens.shape[0], fed) if use_cache else None
+        batch = self.tokens.shape[0]
+        if compile:
+            slots = -(-fed // STATIC_SLOTS) * STATIC_SLOTS
+            self.cache = StaticStackCache(model.new_cache(batch, slots), batch=batch, device=self.device)
+        else:
+            self.cache = model.new_cache(batch, fed) if use_cache else None
 
     def first(self) -> Tensor:
         """The next-token logits [B, V] after the prompt (or the start token)."""
@@ -92,6 +111,9 @@ class Session:
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one token per row ([B]); the next-token logits [B, V]."""
+        if self.compiled:
+            memory = (self.memory, self.memory_mask) if self.encoder_decoder else (None, None)
+            return compiled_step()(self.model, tokens, self.cache, *memory)
         tokens = tokens[:, None]
         if self.use_cache:
             return self._logits(tokens, None)
@@ -121,3 +143,22 @@ class Session:
         else:
             logits = self.model(tokens, mask, position_ids=self.positions, logits_to_keep=1)
         return logits[:, -1]
+
+
+def cached_step(
+    model: nn.Module, tokens: Tensor, cache: StaticStackCache, memory: Tensor | None, memory_mask: Tensor | None
+) -> Tensor:
+    """One decode step from a static cache: ``tokens`` [B] -> next-token logits [B, V] (a decoder-only model when
+    ``memory`` is ``None``, else an encoder-decoder's decoder over ``memory`` [B, S, d_model])."""
+    if memory is None:
+        logits = model(tokens[:, None], None, cache=cache, logits_to_keep=1)
+    else:
+        logits = model.decode(tokens[:, None], memory, memory_mask, cache=cache, logits_to_keep=1)
+    return logits[:, -1]
+
+
+@functools.cache
+def compiled_step() -> Callable[..., Tensor]:
+    """:func:`cached_step` under ``torch.compile(fullgraph=True, dynamic=False)``, one for the process (its graphs
+    are kept per model structure, batch and cache size)."""
+    return torch.compile(cached_step, fullgraph=True, dynamic=False)
