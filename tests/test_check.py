@@ -25,6 +25,15 @@ from tfgraph.show import show
 FAST = ["model.n_layers=1", "model.max_len=64"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and on a shared machine a second thread waits for a free core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def only(model: nn.Module, name: str, **options) -> tfgraph.checks.CheckResult:
     (result,) = run_checks(Subject(model=model, compile_backend="aot_eager", **options), [name])
     return result
