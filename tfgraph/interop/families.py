@@ -355,6 +355,15 @@ QWEN2 = _llama_family("qwen2", "Qwen2ForCausalLM", _qwen2_in, _qwen2_out)
 def _neox_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
     layer = "parallel_neox" if hf.get("use_parallel_residual", True) else "prenorm"
     bias = bool(hf.get("attention_bias", True))
+    position = _rope_in(hf, fraction_keys=("rotary_pct",))
+    d_model, n_heads = hf.get("hidden_size", 0), hf.get("num_attention_heads", 1)
+    rotated = int(d_model // n_heads * position.get("fraction", 1.0))
+    if rotated % 2:
+        hf.refuse(
+            "rope_parameters",
+            f"partial_rotary_factor {position['fraction']} rotates {rotated} of each head's {d_model // n_heads} "
+            "dimensions, an odd number; tfgraph rotates dimensions in pairs",
+        )
     return ["model=gpt2", f"model/layer={layer}"], {
         "d_model": hf.require("hidden_size"),
         "n_heads": hf.require("num_attention_heads"),
@@ -364,7 +373,7 @@ def _neox_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
         "max_len": hf.require("max_position_embeddings"),
         "dropout": float(hf.get("hidden_dropout", 0.0)),
         "attention": {"block": "multihead", "bias": bias},
-        "position": _rope_in(hf, fraction_keys=("rotary_pct",)),
+        "position": position,
         "norm": {"block": "layernorm", "eps": float(hf.get("layer_norm_eps", 1e-5))},
         "ffn": {"block": "mlp", "activation": hf.activation("hidden_act", "gelu")},
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),

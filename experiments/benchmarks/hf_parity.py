@@ -1,0 +1,338 @@
+"""Parity of tfgraph's Hugging Face import and export with ``transformers``, one row per family and variant.
+
+Each reference is a small ``transformers`` model built from a random config in code (nothing is downloaded), its
+weights drawn large (not HF's 0.02 init) so that a wrong mask, position or scale shows. Each is saved with
+``save_pretrained`` to a temporary directory and imported with ``tfgraph.from_hf``; then, in float32:
+
+- logits (hidden states for BERT) on a batch with right padding, compared at the valid positions;
+- greedy generation with tfgraph's KV cache against ``transformers``' ``generate``: identical tokens?
+- ``tfgraph.to_hf`` of the imported model, reloaded by ``transformers``: its logits against the original's.
+
+    python experiments/benchmarks/hf_parity.py                  # prints the table
+    python experiments/benchmarks/hf_parity.py --write-readme   # and writes it into experiments/README.md
+
+``tests/test_hf_interop.py`` runs the same :func:`parity` on every reference and holds it to 1e-4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VOCAB = 96
+PROMPT, NEW_TOKENS = 6, 12  # generation: prompt length and new tokens (past Mistral's window of 4)
+
+
+def _references() -> dict[str, Callable[[], Any]]:
+    import transformers as T
+
+    small = {"vocab_size": VOCAB}
+    return {
+        "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(n_embd=48, n_layer=2, n_head=4, n_positions=64, **small)),
+        "llama-3.2 (GQA, llama3 rope scaling, tied)": lambda: T.LlamaForCausalLM(
+            T.LlamaConfig(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                tie_word_embeddings=True,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 500000.0,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8,
+                },
+                **small,
+            )
+        ),  # fmt: skip
+        "llama-2 (MHA, untied)": lambda: T.LlamaForCausalLM(
+            T.LlamaConfig(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                **small,
+            )
+        ),  # fmt: skip
+        "llama (head_dim 16, yarn)": lambda: T.LlamaForCausalLM(
+            T.LlamaConfig(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                head_dim=16,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                rope_parameters={
+                    "rope_type": "yarn",
+                    "rope_theta": 10000.0,
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                },
+                **small,
+            )
+        ),  # fmt: skip
+        "mistral (sliding window 4)": lambda: T.MistralForCausalLM(
+            T.MistralConfig(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                sliding_window=4,
+                **small,
+            )
+        ),  # fmt: skip
+        "qwen2 (q/k/v bias)": lambda: T.Qwen2ForCausalLM(
+            T.Qwen2Config(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                **small,
+            )
+        ),  # fmt: skip
+        "gpt-neox (partial rotary, parallel)": lambda: T.GPTNeoXForCausalLM(
+            T.GPTNeoXConfig(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                **small,
+            )
+        ),  # fmt: skip
+        "gpt-neox (sequential residual)": lambda: T.GPTNeoXForCausalLM(
+            T.GPTNeoXConfig(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                use_parallel_residual=False,
+                rotary_pct=0.5,
+                **small,
+            )
+        ),  # fmt: skip
+        "bert (token types)": lambda: T.BertModel(
+            T.BertConfig(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                type_vocab_size=2,
+                **small,
+            )
+        ),  # fmt: skip
+        "t5 v1.0 (relu)": lambda: T.T5ForConditionalGeneration(
+            T.T5Config(
+                d_model=48,
+                num_layers=2,
+                num_heads=4,
+                d_kv=12,
+                d_ff=96,
+                relative_attention_num_buckets=8,
+                relative_attention_max_distance=20,
+                **small,
+            )
+        ),  # fmt: skip
+        "t5 v1.1 (gated-gelu, no rescale)": lambda: T.T5ForConditionalGeneration(
+            T.T5Config(
+                d_model=48,
+                num_layers=2,
+                num_heads=4,
+                d_kv=8,
+                d_ff=96,
+                feed_forward_proj="gated-gelu",
+                tie_word_embeddings=False,
+                **small,
+            )
+        ),  # fmt: skip
+        "bart": lambda: T.BartForConditionalGeneration(
+            T.BartConfig(
+                d_model=48,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=96,
+                decoder_ffn_dim=96,
+                max_position_embeddings=64,
+                scale_embedding=True,
+                **small,
+            )
+        ),  # fmt: skip
+    }
+
+
+def references() -> dict[str, Callable[[], Any]]:
+    """The reference models: name -> a builder of a fresh ``transformers`` model with large random weights."""
+    return {name: (lambda build=build: _enlarged(build())) for name, build in _references().items()}
+
+
+def _enlarged(model: Any) -> Any:
+    """Weights drawn large enough that a wrong mask, position or scale changes the logits visibly."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and ("norm" in name.lower() or "ln_" in name):
+                p.copy_(torch.rand(p.shape, generator=generator) + 0.5)
+            elif p.dim() > 1 and p.shape[0] == VOCAB:  # token tables: tokens apart, so greedy paths vary
+                p.copy_(torch.randn(p.shape, generator=generator))
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * (0.3 if p.dim() > 1 else 0.1))
+    return model.eval()
+
+
+def _inputs(topology: str) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (3, 14), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    mask[2, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if topology == "encoder_decoder":
+        batch["decoder_input_ids"] = torch.randint(3, VOCAB, (3, 9), generator=generator)
+    if topology == "encoder_only":
+        batch["token_type_ids"] = (torch.arange(14) >= 7).long().expand(3, -1)
+    return batch
+
+
+def _hf_output(hf: Any, batch: dict[str, torch.Tensor], topology: str) -> torch.Tensor:
+    with torch.no_grad():
+        out = hf(**batch)
+    return out.last_hidden_state if topology == "encoder_only" else out.logits
+
+
+def _our_output(model: Any, batch: dict[str, torch.Tensor], topology: str) -> torch.Tensor:
+    with torch.no_grad():
+        if topology == "encoder_decoder":
+            return model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"])
+        if topology == "encoder_only":
+            return model(batch["input_ids"], batch["attention_mask"], token_type_ids=batch["token_type_ids"])
+        return model(batch["input_ids"], batch["attention_mask"])
+
+
+def _valid(batch: dict[str, torch.Tensor], topology: str) -> torch.Tensor:
+    if topology == "encoder_decoder":  # the decoder's positions, all real here
+        return torch.ones(batch["decoder_input_ids"].shape, dtype=torch.bool)
+    return batch["attention_mask"].bool()
+
+
+def _generation(hf: Any, model: Any, topology: str) -> tuple[bool | None, float | None]:
+    """Whether the greedy tokens of tfgraph's cached generation equal transformers' ``generate``'s, and the largest
+    difference of the logits of each step (``(None, None)``: not generative)."""
+    from transformers import GenerationConfig
+
+    from tfgraph.decoding import generate
+
+    if topology == "encoder_only":
+        return None, None
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, VOCAB, (2, PROMPT), generator=generator)
+    start = 0 if topology == "encoder_decoder" else None
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, eos_token_id=None,
+        pad_token_id=0, decoder_start_token_id=start, forced_bos_token_id=None, forced_eos_token_id=None,
+    )  # fmt: skip
+    hf.generation_config = config  # replaced, not merged: BART's own forces its eos at the last step
+    with torch.no_grad():
+        theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), return_dict_in_generate=True, output_logits=True)
+    tokens = theirs.sequences[:, PROMPT:] if topology == "decoder_only" else theirs.sequences[:, 1:]  # (1: the start)
+    ours = generate(
+        model, ids, max_new_tokens=NEW_TOKENS, strategy="greedy", decoder_start_token_id=start, output_logits=True
+    )
+    steps = torch.stack(theirs.logits, dim=1)  # [B, N, vocab], before any processing
+    return bool(torch.equal(ours.sequences, tokens)), (ours.logits - steps).abs().max().item()
+
+
+def parity(name: str, build: Callable[[], Any]) -> dict[str, Any]:
+    """One reference's row: the largest logit difference on import, whether generation is identical, and the
+    largest logit difference after exporting back to ``transformers``."""
+    import tfgraph
+
+    hf = build()
+    with tempfile.TemporaryDirectory() as first, tempfile.TemporaryDirectory() as second:
+        hf.save_pretrained(first)
+        model, model_cfg = tfgraph.from_hf(first)
+        topology = model_cfg["topology"]
+        batch = _inputs(topology)
+        valid = _valid(batch, topology)
+        reference = _hf_output(hf, batch, topology)
+        imported = (_our_output(model, batch, topology) - reference)[valid].abs().max().item()
+        identical, step_diff = _generation(hf, model, topology)
+        tfgraph.to_hf(model, model_cfg, second)
+        again = type(hf).from_pretrained(second).eval()
+        exported = (_hf_output(again, batch, topology) - reference)[valid].abs().max().item()
+    return {
+        "name": name,
+        "architecture": type(hf).__name__,
+        "scale": reference[valid].abs().max().item(),
+        "import_diff": imported,
+        "generation_identical": identical,
+        "step_diff": step_diff,
+        "export_diff": exported,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| family | transformers class | max abs logit | max diff, imported | greedy tokens identical | max diff, "
+        "logits of each cached step | max diff, exported and reloaded |",
+        "| --- | --- | ---: | ---: | :---: | ---: | ---: |",
+    ]
+    for r in rows:
+        same = {True: "yes", False: "**no**", None: "n/a (encoder)"}[r["generation_identical"]]
+        step = "n/a" if r["step_diff"] is None else f"{r['step_diff']:.1e}"
+        lines.append(
+            f"| {r['name']} | {r['architecture']} | {r['scale']:.2f} | {r['import_diff']:.1e} | {same} | {step} | "
+            f"{r['export_diff']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write-readme", action="store_true", help="write the table into experiments/README.md")
+    args = parser.parse_args()
+    import transformers
+    from common import environment, write_readme
+
+    torch.manual_seed(0)
+    rows = [parity(name, build) for name, build in references().items()]
+    env = environment()
+    text = (
+        f"{table(rows)}\n\nfloat32 on {env['cpu']}, torch {env['torch']}, transformers {transformers.__version__}; "
+        "logits (BERT: hidden states) over a batch of 3 with right padding, at the valid positions; generation: "
+        f"{NEW_TOKENS} greedy tokens after a {PROMPT}-token prompt. Command: "
+        "`python experiments/benchmarks/hf_parity.py --write-readme`."
+    )
+    print(text)
+    if args.write_readme:
+        write_readme(
+            "hf_parity",
+            text,
+            "## Hugging Face parity\n\nImported with `tfgraph.from_hf`, exported with `tfgraph.to_hf`, against "
+            "`transformers` on small models with random weights (see experiments/benchmarks/hf_parity.py).\n",
+        )
+
+
+if __name__ == "__main__":
+    main()
