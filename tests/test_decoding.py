@@ -305,9 +305,9 @@ def test_windowed_generation_refuses_what_cannot_run_in_chunks():
 def test_settings_that_cannot_apply_are_refused():
     model = build(["model=gpt2_tiny"])
     prompt = torch.randint(0, 512, (2, 4))
-    with pytest.raises(ValueError, match="top_k only apply to strategy='sample'"):
+    with pytest.raises(ValueError, match="top_k applies only to strategy='sample'"):
         generate(model, prompt, max_new_tokens=2, top_k=5)
-    with pytest.raises(ValueError, match="num_beams only apply to strategy='beam'"):
+    with pytest.raises(ValueError, match="num_beams applies only to strategy='beam'"):
         generate(model, prompt, max_new_tokens=2, strategy="sample", num_beams=2)
     with pytest.raises(ValueError, match="left-padded"):
         generate(model, prompt, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]), max_new_tokens=2)

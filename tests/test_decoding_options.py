@@ -67,8 +67,8 @@ MESSAGES = [  # (settings, generate's message): the messages of before the table
     ({"strategy": "beams"}, "strategy must be 'greedy', 'sample' or 'beam', got 'beams'"),
     ({"max_new_tokens": 0}, "max_new_tokens must be at least 1, got 0"),
     ({"repetition_penalty": 0}, "repetition_penalty must be positive, got 0"),
-    ({"top_k": 5, "seed": 1}, "top_k, seed only apply to strategy='sample', not 'greedy'"),
-    ({"strategy": "sample", "num_beams": 3}, "num_beams only apply to strategy='beam', not 'sample'"),
+    ({"top_k": 5, "seed": 1}, "top_k, seed apply only to strategy='sample', not 'greedy'"),
+    ({"strategy": "sample", "num_beams": 3}, "num_beams applies only to strategy='beam', not 'sample'"),
     (
         {"strategy": "sample", "temperature": 0.0},
         "temperature must be positive (for the most likely token use 'greedy')",

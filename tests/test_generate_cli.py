@@ -160,7 +160,7 @@ def test_clear_errors_name_the_key(checkpoints, tmp_path: Path) -> None:
     message = generate_error(ckpt, "strategy=beams")
     assert "strategy: expected one of greedy, sample, beam, got 'beams' (did you mean 'beam'?)" in message
     message = generate_error(ckpt, "prompt=abc", "temperature=0.5")
-    assert "temperature: temperature only apply to strategy='sample'" in message
+    assert "temperature: temperature applies only to strategy='sample'" in message
     assert "top_p: top_p must be in (0, 1]" in generate_error(ckpt, "strategy=sample", "top_p=2.0")
     assert "max_new_tokens:" in generate_error(ckpt, "strategy=beam", "max_new_tokens=100")
     assert "prompt_file: no such file" in generate_error(ckpt, f"prompt_file={tmp_path}/none.txt")

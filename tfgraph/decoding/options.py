@@ -289,7 +289,8 @@ class DecodingOptions:
         for applies, given in groups.items():
             if len(applies) == 1:
                 names = ", ".join(o.name for o in given)
-                message = f"{names} only apply to strategy={applies[0]!r}, not {self.strategy!r}"
+                verb = "applies" if len(given) == 1 else "apply"
+                message = f"{names} {verb} only to strategy={applies[0]!r}, not {self.strategy!r}"
             else:
                 names = " and ".join(o.named or o.name for o in given)
                 need = "needs" if len(given) == 1 else "need"
