@@ -24,7 +24,17 @@ from tfgraph.interop.files import open_weights, read_config, write_directory
 from tfgraph.interop.mapping import Report, export_state, import_state, locations, matching
 from tfgraph.registry import ConfigError
 
-__all__ = ["FAMILIES", "export_problems", "family_for", "from_hf", "load_hf_weights", "to_hf"]
+__all__ = [
+    "FAMILIES",
+    "export_problems",
+    "family_for",
+    "from_hf",
+    "init_from",
+    "load_hf_weights",
+    "read_model_checkpoint",
+    "save_model_checkpoint",
+    "to_hf",
+]
 
 
 def from_hf(source: str | Path | Any, *, key: str = "from_hf") -> tuple[nn.Module, dict[str, Any]]:
@@ -199,3 +209,89 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, key: str = "init
     fit is named."""
     with hf_source(directory, key) as (config, keys, read, where):
         load_into(model, family_of(config, key), keys, read, key=key, where=where)
+
+
+# ------------------------------------------------------------------------------- tfgraph's own weight checkpoints
+
+MODEL_CHECKPOINT = "model"  # checkpoint["tfgraph"]["kind"] of a weights-only checkpoint (tfgraph-convert writes one)
+
+
+def save_model_checkpoint(model: nn.Module, model_cfg: Mapping[str, Any], path: str | Path, *, source: str) -> Path:
+    """Write a weights-only tfgraph checkpoint: the model config as plain containers and the state dict, read back by
+    ``torch.load(weights_only=True)`` (:func:`read_model_checkpoint`, ``init_from``); written atomically."""
+    from tfgraph.interop.files import atomic
+
+    checkpoint = {
+        "tfgraph": {"kind": MODEL_CHECKPOINT, "format": 1, "source": source},
+        "model": dict(model_cfg),
+        "state_dict": {name: t.detach().clone() for name, t in model.state_dict().items()},
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic(target, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def read_model_checkpoint(path: str | Path, *, key: str) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """``(model config, model state dict)`` of a tfgraph checkpoint: a weights-only one (``tfgraph-convert``'s) or a
+    training run's (``<run dir>/checkpoints/last.ckpt``: the task's ``model.*`` tensors). Read with
+    ``torch.load(weights_only=True)``; nothing in it is built or imported."""
+    from tfgraph.tasks.checkpoint import read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(path)
+    except ConfigError as err:
+        raise ConfigError([(key, message) for _, message in err.problems]) from None
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise ConfigError.at(key, f"{path} is not a tfgraph checkpoint (no state_dict)")
+    state = checkpoint["state_dict"]
+    info = checkpoint.get("tfgraph") if isinstance(checkpoint.get("tfgraph"), Mapping) else {}
+    if info.get("kind") == MODEL_CHECKPOINT:
+        cfg = checkpoint.get("model")
+    else:  # a training checkpoint: the task's model
+        hparams = checkpoint.get("hyper_parameters")
+        cfg = hparams.get("model") if isinstance(hparams, Mapping) else None
+        state = {name.removeprefix("model."): t for name, t in state.items() if name.startswith("model.")}
+    if not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise ConfigError.at(key, f"{path}: its state_dict holds something other than tensors")
+    return (dict(cfg) if isinstance(cfg, Mapping) else None), dict(state)
+
+
+def init_from(model: nn.Module, source: str | Path, *, key: str = "init_from") -> str:
+    """Load weights into an already built model (``tfgraph-train init_from=...``): from a Hugging Face directory
+    (through its family's mapping), a ``tfgraph-convert`` output directory, a run directory or a checkpoint file.
+    Every missing, unexpected and mis-shaped tensor is named together; nothing changes unless all fit.
+
+    Returns:
+        What was loaded, for the log.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            load_hf_weights(model, path, key=key)
+            return f"the Hugging Face model in {path}"
+        for inside in (path / "model.ckpt", path / "checkpoints" / "last.ckpt"):
+            if inside.is_file():
+                path = inside
+                break
+        else:
+            raise ConfigError.at(
+                key,
+                f"{path} is a directory with neither config.json (a Hugging Face model), model.ckpt (tfgraph-convert's "
+                "output) nor checkpoints/last.ckpt (a run)",
+            )
+    if not path.is_file():
+        raise ConfigError.at(key, f"no checkpoint or model directory at {path}")
+    _, state = read_model_checkpoint(path, key=key)
+    ours = model.state_dict()
+    report = Report(
+        missing=sorted(set(ours) - set(state)),
+        unexpected=sorted(set(state) - set(ours)),
+        misshaped=[
+            f"{name} is {list(ours[name].shape)}, the checkpoint's {list(state[name].shape)}"
+            for name in sorted(set(ours) & set(state))
+            if ours[name].shape != state[name].shape
+        ],
+    )
+    report.raise_if_any(key, f"{path} into the composed model")
+    model.load_state_dict(state)
+    return f"the weights of {path}"

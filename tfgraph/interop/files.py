@@ -153,19 +153,19 @@ def write_directory(
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards, strict=True):
-        written.append(_atomic(directory / name, lambda tmp, shard=shard: save_file(shard, tmp, {"format": "pt"})))
+        written.append(atomic(directory / name, lambda tmp, shard=shard: save_file(shard, tmp, {"format": "pt"})))
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
             "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key in shard},
         }
-        written.append(_atomic(directory / SAFE_INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2))))
+        written.append(atomic(directory / SAFE_INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2))))
     text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
-    written.append(_atomic(directory / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")))
+    written.append(atomic(directory / "config.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8")))
     return written
 
 
-def _atomic(target: Path, write: Any) -> Path:
+def atomic(target: Path, write: Any) -> Path:
     handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -177,4 +177,4 @@ def _atomic(target: Path, write: Any) -> Path:
     return target
 
 
-__all__ = ["open_weights", "read_config", "write_directory"]
+__all__ = ["atomic", "open_weights", "read_config", "write_directory"]
