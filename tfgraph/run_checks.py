@@ -237,7 +237,8 @@ def check_optimized_metric(cfg: DictConfig, task: Task) -> None:
 
 
 def check_accelerator(trainer_cfg: DictConfig) -> None:
-    """Refuse GPUs that are not there, and FSDP on a CPU, before Lightning does, naming the config key."""
+    """Refuse GPUs that are not there, and FSDP on a CPU (but the spawned ``trainer=fsdp_sim``), before Lightning
+    does, naming the config key."""
     accelerator = str(trainer_cfg.get("accelerator"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError.at(
@@ -247,9 +248,10 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
         )
     strategy = trainer_cfg.get("strategy")
     name = strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else str(strategy or "")
-    if "fsdp" in name.lower() and accelerator not in ("gpu", "cuda", "auto"):
+    spawned = OmegaConf.is_dict(strategy) and strategy.get("start_method") is not None  # LayerFSDP on CPUs
+    if "fsdp" in name.lower() and accelerator not in ("gpu", "cuda", "auto") and not spawned:
         raise ConfigError.at(
             "trainer.accelerator",
-            f"{accelerator}: Lightning's FSDP strategy (trainer=fsdp) runs on GPUs only; "
-            "on a CPU, trainer=ddp_sim runs the distributed code paths (DDP over gloo)",
+            f"{accelerator}: Lightning's FSDP strategy (trainer=fsdp) runs on GPUs only; on a CPU, trainer=fsdp_sim "
+            "runs the sharded code paths (FSDP over gloo) and trainer=ddp_sim DDP's",
         )
