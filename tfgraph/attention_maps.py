@@ -175,7 +175,9 @@ def top_attended(
 def plot_heads(
     weights: Tensor, query_tokens: Sequence[str], key_tokens: Sequence[str], path: str | Path, *, title: str = ""
 ) -> Path:
-    """Write a heatmap PNG of one layer's attention: a panel per head, queries down, keys across, token labels.
+    """Write a heatmap PNG of one layer's attention: a panel per head, queries down, keys across, token labels
+    (a newline or tab written ``\\n``, ``\\t``; a token of spaces ``␣``), a colour bar of the weights (0 to 1);
+    the image is as large as its labels need, none cut off.
 
     Args:
         weights: [H, Tq, Tk].
@@ -195,23 +197,31 @@ def plot_heads(
     cols = min(heads, 4)
     rows = -(-heads // cols)
     size = 0.35 * max(tq, tk) + 1.5
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 1, rows * size), squeeze=False, layout="constrained")
+    image = None
     for h, ax in enumerate(axes.flat):
         if h >= heads:
             ax.axis("off")
             continue
-        ax.imshow(weights[h].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        image = ax.imshow(weights[h].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_title(f"head {h}", fontsize=9)
-        ax.set_xticks(range(tk), labels=list(key_tokens), rotation=90, fontsize=7)
-        ax.set_yticks(range(tq), labels=list(query_tokens), fontsize=7)
+        ax.set_xticks(range(tk), labels=[token_label(t) for t in key_tokens], rotation=90, fontsize=7)
+        ax.set_yticks(range(tq), labels=[token_label(t) for t in query_tokens], fontsize=7)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the canvas grows to hold every label
     plt.close(fig)
     return path
+
+
+def token_label(token: str) -> str:
+    """A token as a heatmap label: newlines and tabs written out, a token of spaces only as ``␣`` per space."""
+    if token and not token.strip(" "):
+        return "␣" * len(token)
+    return token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
 def attention_report(
