@@ -2,7 +2,7 @@
 each token, the tokens it attends to most.
 
     tfgraph-attention ckpt_path=<run dir>/checkpoints/last.ckpt text="time flies like an arrow"
-    tfgraph-attention model=gpt2_tiny text="time flies like an arrow" layers=[0] out_dir=maps   # random weights
+    tfgraph-attention model=gpt2_tiny text="time flies like an arrow" layers=[0] out_dir=outputs/attention/random
 
 A thin wrapper over :func:`tfgraph.inference.attention_from_config` (see ``conf/attention.yaml``). Exit codes as
 ``tfgraph-generate``'s.
