@@ -2,7 +2,7 @@
 (``tfgraph-attention``), from a checkpoint alone, a task or a model.
 
     import tfgraph
-    tfgraph.generate("outputs/.../checkpoints/last.ckpt", "ROMEO:", max_new_tokens=100, strategy="sample", seed=0)
+    tfgraph.generate("outputs/.../checkpoints/last.ckpt", "Romeo.", max_new_tokens=100, strategy="sample", seed=0)
 
 :func:`generate_from_config` and :func:`attention_from_config` are the pure functions behind the commands.
 """
@@ -51,16 +51,17 @@ def generate(
     trust_plugins: bool = False,
     **options: Any,
 ) -> str | list[str] | list[list[str]] | decoding.GenerateOutput:
-    """Generate with a model, a task or a checkpoint: text in, text out (or token ids in, token ids out).
+    """Generate with a model, a task or a checkpoint: text in, text out (or token ids in, and out a
+    :class:`~tfgraph.decoding.GenerateOutput` whose ``sequences`` are the new tokens, without the prompt).
 
     A ``causal_lm`` model continues a prompt (an empty one from ``<bos>``), and only the continuation is returned;
     a ``seq2seq`` model reads the prompt as its source and returns the output (an encoder-decoder decodes from
     ``<bos>``; a decoder-only one continues ``source <eos>``). Generation stops at ``<eos>``.
 
-        tfgraph.generate(ckpt, "ROMEO:", max_new_tokens=200, strategy="sample", top_p=0.9, seed=0)   # a str
+        tfgraph.generate(ckpt, "Romeo.", max_new_tokens=200, strategy="sample", top_p=0.9, seed=0)   # a str
         tfgraph.generate(ckpt, ["hello", "world"], strategy="beam", num_beams=4)                    # [str, str]
         tfgraph.generate(ckpt, "hello", strategy="beam", num_return_sequences=3)                    # [str] * 3
-        tfgraph.generate(ckpt, "ROMEO:", stream=True)     # prints the text as it comes, returns it too
+        tfgraph.generate(ckpt, "Romeo.", stream=True)     # prints the text as it comes (then a newline), returns it
         tfgraph.generate(model, input_ids, eos_token_id=3)  # a GenerateOutput, as tfgraph.decoding.generate's
 
     Args:
@@ -72,8 +73,8 @@ def generate(
         max_new_tokens: the most tokens to generate per sequence. A causal LM given one prompt goes on past its
             context with a sliding window (:func:`tfgraph.decoding.generate_windowed`).
         strategy: ``"greedy"``, ``"sample"`` or ``"beam"``.
-        stream: text only: ``True`` prints each piece of text to stdout as it is generated, a callable receives
-            the pieces (one prompt, ``greedy`` or ``sample``, one sequence).
+        stream: text only: ``True`` prints each piece of text to stdout as it is generated, and a newline after
+            the last; a callable receives the pieces (one prompt, ``greedy`` or ``sample``, one sequence).
         trust_plugins: a checkpoint only: let it import the plugin modules its model config names (a checkpoint
             is data, never code; without this a checkpoint that names one is refused).
         **options: the other settings of :func:`tfgraph.decoding.generate`: ``use_cache``, ``temperature``,
@@ -107,6 +108,8 @@ def generate(
     completions = generate_text(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, strategy=strategy, stream=write, **settings, **options
     )
+    if stream is True:
+        _print_now("\n")  # the printed text ends its line
     texts = [[c.text for c in row] for row in completions]
     outputs = [row[0] for row in texts] if options.get("num_return_sequences", 1) == 1 else texts
     return outputs[0] if isinstance(prompt, str) else outputs

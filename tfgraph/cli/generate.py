@@ -1,7 +1,7 @@
 """``tfgraph-generate``: generate text from a checkpoint alone (a causal LM continues the prompt, a seq2seq model
 translates it).
 
-    tfgraph-generate ckpt_path=<run dir>/checkpoints/last.ckpt prompt="ROMEO:" strategy=sample top_p=0.9 seed=0
+    tfgraph-generate ckpt_path=<run dir>/checkpoints/last.ckpt prompt=Romeo. strategy=sample top_p=0.9 seed=0
     tfgraph-generate ckpt_path=... prompt=hello strategy=beam num_beams=4 num_return_sequences=3
     tfgraph-generate ckpt_path=... prompt_file=sources.txt
 
