@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from tfgraph.config import plain, prepare_output_dir
 from tfgraph.flops import meta_model, model_info
-from tfgraph.registry import load_plugins
+from tfgraph.registry import ConfigError, load_plugins
 from tfgraph.run_checks import check_budget, check_config, check_lengths, check_optimized_metric
 from tfgraph.run_data import absolute_paths, build_datamodule, checkpoint_datamodule, has_split, set_up
 from tfgraph.sweeps import write_json
@@ -87,10 +87,18 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     compile_mode = check_compile(cfg.get("compile"))
     pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # first: a missing logger package is found before any data is read
+    if cfg.get("ckpt_path") and cfg.get("init_from"):
+        raise ConfigError.at(
+            "init_from", "a resumed run (ckpt_path) takes its weights from the checkpoint; drop init_from"
+        )
     if cfg.get("ckpt_path"):  # checked here, before Lightning's fit reads the file again
         task, datamodule = resume(cfg.ckpt_path, **trust_options(cfg))
     else:
         task, datamodule = build(cfg, max_params)
+        if cfg.get("init_from"):
+            from tfgraph.interop import init_from
+
+            log.info("initialised from %s", init_from(task.model, cfg.init_from))
     check_optimized_metric(cfg, task)
     task.compile_mode = compile_mode  # Task.configure_model compiles, in each process
     tokenizer = datamodule.tokenizer

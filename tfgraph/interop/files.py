@@ -108,7 +108,12 @@ def _shards(directory: Path, index: str, key: str) -> list[Path]:
 
 def _load_pickled(file: Path, key: str) -> dict[str, Tensor]:
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # a file in torch's legacy (not zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ConfigError.at(
             key,
