@@ -15,6 +15,7 @@ from torch import nn
 
 import tfgraph
 from tests.conftest import build
+from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tfgraph.blocks.attention import MultiHeadAttention
 from tfgraph.blocks.ffn import MLP
 from tfgraph.blocks.norm import LayerNorm
@@ -23,15 +24,6 @@ from tfgraph.registry import extend_arguments
 from tfgraph.show import show
 
 FAST = ["model.n_layers=1", "model.max_len=64"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and on a shared machine a second thread waits for a free core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def only(model: nn.Module, name: str, **options) -> tfgraph.checks.CheckResult:

@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 
 import tfgraph
 from tests.conftest import FULL_PRESETS, SWAPPABLE_GROUPS, TINY_PRESETS, build, group_options, run
+from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
+from tfgraph.checks import Subject, run_checks
 from tfgraph.config import conf_dir
 
 MATRIX = [
@@ -24,38 +26,22 @@ def test_every_group_has_the_contract_options():
     assert {"prenorm", "postnorm", "parallel", "sandwich"} <= set(group_options("layer"))
 
 
+# the checks of tfgraph-check that need neither a cache nor a compiler, and those a topology skips
+MATRIX_CHECKS = ("forward", "causality", "padding_right", "padding_left")
+SKIPPED = {"encoder_only": {"causality", "padding_left"}, "encoder_decoder": {"padding_left"}, "decoder_only": set()}
+
+
 @pytest.mark.parametrize(("preset", "group", "option"), MATRIX, ids=[f"{p}-{g}={o}" for p, g, o in MATRIX])
 def test_preset_with_option_runs_is_causal_and_ignores_padding(preset, group, option):
+    """tfgraph-check's forward (shape, finite), causality (a change at t = 3, 8 of 12 moves nothing before t and
+    something from t), right padding (a 7-token row among 12) and left padding (decoder_only) checks."""
     model = build([f"model={preset}", f"model/{group}={option}", "model.max_len=64"])
     chosen = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / group / f"{option}.yaml"))
     key = "nodes" if group == "layer" else "block"
     assert model.config[group][key] == chosen[key]
-    vocab = model.config["vocab_size"]
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab, (2, 12), generator=generator)
-    out = run(model, ids)
-    width = vocab if model.topology != "encoder_only" else model.config["d_model"]
-    assert out.shape == (2, 12, width)
-    assert torch.isfinite(out).all()
-
-    if model.topology != "encoder_only":  # causality of the decoder: token t never changes outputs before t
-        for t in (3, 8):
-            changed = ids.clone()
-            changed[:, t] = (changed[:, t] + 1) % vocab
-            if model.topology == "encoder_decoder":
-                out2 = run(model, ids, dec=changed)
-            else:
-                out2 = run(model, changed)
-            torch.testing.assert_close(out2[:, :t], out[:, :t], rtol=0, atol=1e-5)
-            assert not torch.allclose(out2[:, t:], out[:, t:]), "a later output must see the change"
-
-    # padding: row 1 has 7 real tokens then garbage; its real positions match the unpadded row alone
-    lengths = (12, 7)
-    mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
-    padded = run(model, ids, mask, dec=ids, dec_mask=mask)
-    alone = run(model, ids[1:, :7], dec=ids[1:, :7])
-    torch.testing.assert_close(padded[1:, :7], alone, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(padded[:1], run(model, ids[:1], dec=ids[:1]), rtol=1e-5, atol=1e-5)
+    results = run_checks(Subject(model=model, seq_len=12, atol=1e-5), MATRIX_CHECKS)
+    assert [r for r in results if r.status == "fail"] == []
+    assert {r.name for r in results if r.status == "skip"} == SKIPPED[model.topology]
 
 
 @pytest.mark.parametrize("preset", ["bert_tiny", "t5_tiny"])
