@@ -55,11 +55,11 @@ def from_hf(source: str | Path | Any, *, key: str = "from_hf") -> tuple[nn.Modul
     """
     from tfgraph.models import build_model
 
-    with hf_source(source, key) as (config, keys, read, where):
+    with hf_source(source, key) as (config, weights, where):
         family = family_of(config, key)
         model_cfg = model_config(family, config, key=key)
         model = build_model(model_cfg)
-        load_into(model, family, keys, read, key=key, where=where)
+        load_into(model, family, weights, key=key, where=where)
     return model.eval(), model_cfg
 
 
@@ -154,37 +154,45 @@ def family_of(config: Mapping[str, Any], key: str) -> Family:
 
 
 @contextmanager
-def hf_source(source: Any, key: str) -> Iterator[tuple[dict[str, Any], set[str], Any, str]]:
-    """``(config, keys, read, where)`` of a model directory or a ``transformers`` model object."""
+def hf_source(source: Any, key: str) -> Iterator[tuple[dict[str, Any], tuple[set[str], Any, Any], str]]:
+    """``(config, (keys, read, shape), where)`` of a model directory or a ``transformers`` model object (see
+    :func:`~tfgraph.interop.files.open_weights`)."""
     if isinstance(source, (str, Path)):
         directory = Path(source)
         config = read_config(directory, key)
-        with open_weights(directory, key) as (keys, read):
-            yield config, keys, read, str(directory)
+        with open_weights(directory, key) as weights:
+            yield config, weights, str(directory)
         return
     if hasattr(source, "config") and hasattr(source.config, "to_dict") and hasattr(source, "state_dict"):
         state = {name: t.detach() for name, t in source.state_dict().items()}
-        yield source.config.to_dict(), set(state), state.__getitem__, type(source).__name__
+        weights = (set(state), state.__getitem__, lambda name: tuple(state[name].shape))
+        yield source.config.to_dict(), weights, type(source).__name__
         return
     raise ConfigError.at(key, f"expected a Hugging Face model directory or model, got {type(source).__name__}")
 
 
-def load_into(model: nn.Module, family: Family, keys: set[str], read: Any, *, key: str, where: str) -> None:
-    """Copy a checkpoint's tensors into ``model`` through ``family``'s mapping; every missing, unexpected and
-    mis-shaped tensor reported together, before any weight changes."""
+def load_into(model: nn.Module, family: Family, weights: tuple[set[str], Any, Any], *, key: str, where: str) -> None:
+    """Copy a checkpoint's tensors into ``model`` through ``family``'s mapping.
+
+    A first pass maps the tensors' shapes only (``meta`` tensors: nothing is read), so that every missing, unexpected
+    and mis-shaped tensor is reported together before any weight changes; the second reads each tensor and copies it
+    into its parameter at once, so that the weights are never in memory twice.
+    """
+    keys, read, shape = weights
     names = _checkpoint_names(family, keys)
     ignored = set(family.ignored)
     if getattr(model, "tie_embeddings", False):
         ignored.add("lm_head\\.weight")
     report = Report()
     wanted = set(names) - matching(tuple(ignored), set(names))
-    state = import_state(
-        model, locations(model, family.outer, family.stacks, report), wanted, lambda n: read(names[n]), report
-    )
+    where_ = locations(model, family.outer, family.stacks, report)
+    import_state(model, where_, wanted, lambda n: torch.empty(shape(names[n]), device="meta"), report)
     report.raise_if_any(key, f"{where} ({family.architecture}) into the tfgraph model")
     with torch.no_grad():
-        for name, value in state.items():
-            model.get_parameter(name).copy_(value)
+        import_state(
+            model, where_, wanted, lambda n: read(names[n]), Report(),
+            sink=lambda name, value: model.get_parameter(name).copy_(value),
+        )  # fmt: skip
 
 
 def _checkpoint_names(family: Family, keys: set[str]) -> dict[str, str]:
@@ -207,8 +215,8 @@ def load_hf_weights(model: nn.Module, directory: str | Path, *, key: str = "init
     """Load an HF model directory's weights into an already built tfgraph model (``init_from=<dir>``), through the
     family of its ``config.json``; the model's own config decides the architecture, and every tensor that does not
     fit is named."""
-    with hf_source(directory, key) as (config, keys, read, where):
-        load_into(model, family_of(config, key), keys, read, key=key, where=where)
+    with hf_source(directory, key) as (config, weights, where):
+        load_into(model, family_of(config, key), weights, key=key, where=where)
 
 
 # ------------------------------------------------------------------------------- tfgraph's own weight checkpoints

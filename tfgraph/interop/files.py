@@ -53,9 +53,10 @@ def read_config(directory: Path, key: str) -> dict[str, Any]:
 
 
 @contextmanager
-def open_weights(directory: Path, key: str) -> Iterator[tuple[set[str], Any]]:
-    """``(keys, read)`` of the directory's weights: ``read(name) -> Tensor`` reads one tensor (memory-mapped for
-    safetensors). A ConfigError at ``key`` when there are none or a file is not what its name says."""
+def open_weights(directory: Path, key: str) -> Iterator[tuple[set[str], Any, Any]]:
+    """``(keys, read, shape)`` of the directory's weights: ``read(name) -> Tensor`` reads one tensor (memory-mapped
+    for safetensors), ``shape(name)`` its shape without reading it. A ConfigError at ``key`` when there are none or a
+    file is not what its name says."""
     files = _weight_files(directory, key)
     with ExitStack() as stack:
         where: dict[str, Any] = {}
@@ -69,11 +70,15 @@ def open_weights(directory: Path, key: str) -> Iterator[tuple[set[str], Any]]:
                     raise ConfigError.at(key, f"{file} is not a readable safetensors file: {err}") from None
                 for name in handle.keys():
                     where[name] = handle
-            yield set(where), lambda name: where[name].get_tensor(name)
+            yield (
+                set(where),
+                lambda name: where[name].get_tensor(name),
+                lambda name: tuple(where[name].get_slice(name).get_shape()),
+            )
         else:
             for file in files:
                 where.update(_load_pickled(file, key))
-            yield set(where), where.__getitem__
+            yield set(where), where.__getitem__, lambda name: tuple(where[name].shape)
 
 
 def _weight_files(directory: Path, key: str) -> list[Path]:

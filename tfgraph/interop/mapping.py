@@ -249,8 +249,13 @@ def import_state(
     keys: set[str],
     read: Reader,
     report: Report,
+    sink: Callable[[str, Tensor], None] | None = None,
 ) -> dict[str, Tensor]:
-    """Our state (full parameter names -> tensors) from the checkpoint's ``keys``, read one at a time by ``read``."""
+    """Our state (full parameter names -> tensors) from the checkpoint's ``keys``, read one at a time by ``read``.
+
+    With ``sink``, each tensor is handed to it as soon as it is made (and none is kept): the state is never in
+    memory twice. ``read`` may return tensors on the ``meta`` device, to find every problem without reading a byte.
+    """
     state: dict[str, Tensor] = {}
     used: set[str] = set()
     for loc in where:
@@ -289,7 +294,10 @@ def import_state(
                     sources = ", ".join(dict.fromkeys(looked[p] for p in wanted))
                     report.misshaped.append(f"{ours} is {list(param.shape)}, {sources} gives {list(value.shape)}")
                     continue
-                state[ours] = value
+                if sink is None:
+                    state[ours] = value
+                else:
+                    sink(ours, value)
     report.unexpected.extend(sorted(keys - used))
     return state
 
