@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import tfgraph
 from tests.conftest import SWAPPABLE_GROUPS, TINY_PRESETS, build, group_options
 from tfgraph.blocks.attention import MultiHeadAttention
+from tfgraph.checks import Subject, run_checks
 from tfgraph.decoding import generate
 
 GENERATIVE = tuple(p for p in TINY_PRESETS if p != "bert_tiny")  # an encoder-only model generates nothing
@@ -30,10 +31,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def start_token(model) -> dict:
-    return {"decoder_start_token_id": 0} if model.topology == "encoder_decoder" else {}
-
-
 def ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 512, (batch, length), generator=torch.Generator().manual_seed(seed))
 
@@ -45,17 +42,12 @@ def assert_same_generation(a, b):
 
 @pytest.mark.parametrize(("preset", "group", "option"), MATRIX, ids=[f"{p}-{g}={o}" for p, g, o in MATRIX])
 def test_greedy_with_cache_equals_without(preset, group, option):
+    """tfgraph-check's cache check: 8 greedy tokens after a 7-token prompt (2 rows; an encoder-decoder's source
+    padded in its last row) with and without the cache, the same tokens and per-step logits within ATOL."""
     model = build([f"model={preset}", f"model/{group}={option}", *STD])
-    prompt = ids(2, 7)
-    mask = None
-    if model.topology == "encoder_decoder":  # a padded source exercises the cross-attention mask too
-        mask = torch.ones_like(prompt)
-        mask[1, 5:] = 0
-    kwargs = dict(max_new_tokens=8, output_logits=True, **start_token(model))
-    cached = generate(model, prompt, mask, use_cache=True, **kwargs)
-    full = generate(model, prompt, mask, use_cache=False, **kwargs)
-    assert cached.sequences.shape == (2, 8)
-    assert_same_generation(cached, full)
+    (result,) = run_checks(Subject(model=model, seq_len=12, new_tokens=8, atol=ATOL), ["cache"])
+    assert result.status == "pass", result
+    assert result.figure.startswith("greedy tokens equal: 16/16")
 
 
 def left_padded(lengths: list[int], width: int, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
