@@ -25,6 +25,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 import tfgraph
 from tfgraph.cli import attention as attention_cli
+from tfgraph.cli import check as check_cli
 from tfgraph.cli import eval as eval_cli
 from tfgraph.cli import generate as generate_cli
 from tfgraph.cli import show as show_cli
@@ -40,6 +41,7 @@ COMMANDS = {
     "generate": generate_cli,
     "show": show_cli,
     "attention": attention_cli,
+    "check": check_cli,
 }
 BOILERPLATE = ("Traceback", "HYDRA_FULL_ERROR", "Config search path", "provider=")
 
@@ -95,6 +97,8 @@ COMPOSITION = [  # (command, argument, text the message holds)
     ("attention", "model=lama_tiny", f"model: {UNKNOWN_OPTION}"),
     ("attention", "txt=hello", "txt: no such key to override: did you mean text? (to add it: +txt=hello)"),
     ("attention", "layers=[0,", "layers: cannot parse 'layers=[0,'"),
+    ("check", "model=lama_tiny", f"model: {UNKNOWN_OPTION}"),
+    ("check", "check.n_layer=1", "check.n_layer: no such key to override: did you mean check.n_layers? "),
 ]
 
 
