@@ -12,7 +12,7 @@ import pytest
 
 from tfgraph.config import conf_dir
 
-COMMANDS = ("train", "eval", "generate", "attention", "show", "prepare", "check")
+COMMANDS = ("train", "eval", "generate", "attention", "show", "prepare", "check", "convert")
 GROUPS = {  # a group each command's page lists, and one it must not (a group of another command)
     "train": ("model/attention", "_base"),
     "eval": ("trainer", "model"),
@@ -21,6 +21,7 @@ GROUPS = {  # a group each command's page lists, and one it must not (a group of
     "show": ("model/norm", "trainer"),
     "prepare": ("data", "model"),
     "check": ("task", "trainer"),
+    "convert": (None, "model"),
 }
 
 
