@@ -221,7 +221,9 @@ def test_check_from_python_runs_every_check_and_writes_json(tmp_path):
     }  # fmt: skip
     text = str(report)
     assert text.splitlines()[0].split() == ["check", "result", "figure"]
-    assert text.endswith("9 passed, 0 failed, 0 skipped") and "d_model 64, 4 heads, d_ff 256, 1 layers" in text
+    assert (
+        text.endswith("9 passed, 0 failed, 0 skipped") and "d_model 64, 4 heads, d_ff 256, 1 layer, vocab 512" in text
+    )
     shown = show(tfgraph.compose(["model=gpt2_tiny"], config_name="show")).splitlines()
     params, flops = (next(line for line in shown if line.startswith(s)) for s in ("params: ", "forward FLOPs"))
     assert report["counts"].figure == f"{params}; {flops.replace('forward FLOPs per token', 'FLOPs/token')}"

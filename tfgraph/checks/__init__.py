@@ -134,14 +134,17 @@ def check(cfg: DictConfig | Mapping[str, Any]) -> CheckReport:
 
 def describe(full_cfg: Mapping[str, Any], small: Mapping[str, Any], seq_len: int) -> str:
     """One line: what was checked, at which small size."""
-    layers = f"{small['n_layers']} layers"
+
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}{'s' * (n != 1)}"
+
+    layers = count(small["n_layers"], "layer")
     if small.get("n_decoder_layers") is not None:
-        layers += f" + {small['n_decoder_layers']} decoder layers"
+        layers += f" + {count(small['n_decoder_layers'], 'decoder layer')}"
     kv = f" ({small['n_kv_heads']} key/value)" if small.get("n_kv_heads") not in (None, small["n_heads"]) else ""
     return (
         f"checked: {full_cfg.get('topology')} at d_model {small['d_model']}, {small['n_heads']} heads{kv}, "
-        f"d_ff {small['d_ff']}, {layers}, vocab {small['vocab_size']}, max_len {small['max_len']}, "
-        f"seq_len {seq_len} (check.<size>=... to change)"
+        f"d_ff {small['d_ff']}, {layers}, vocab {small['vocab_size']}, max_len {small['max_len']}; seq_len {seq_len}"
     )
 
 
