@@ -108,6 +108,19 @@ def _references() -> dict[str, Callable[[], Any]]:
                 **small,
             )
         ),  # fmt: skip
+        "qwen3 (qk-norm, head_dim 16)": lambda: T.Qwen3ForCausalLM(
+            T.Qwen3Config(
+                hidden_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=16,
+                intermediate_size=96,
+                max_position_embeddings=64,
+                rms_norm_eps=1e-5,
+                **small,
+            )
+        ),  # fmt: skip
         "gpt-neox (partial rotary, parallel)": lambda: T.GPTNeoXForCausalLM(
             T.GPTNeoXConfig(
                 hidden_size=64,

@@ -330,6 +330,24 @@ def _qwen2_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {**_llama_like_out(cfg), "use_sliding_window": False, "layer_types": ["full_attention"] * cfg["n_layers"]}
 
 
+def _qwen3_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
+    hf.expect("use_sliding_window", False, False)
+    layer_types = hf.get("layer_types", [])
+    if any(t != "full_attention" for t in layer_types):
+        hf.refuse("layer_types", f"only full_attention layers are supported, got {sorted(set(layer_types))}")
+    attention = {
+        "block": "multihead",
+        "bias": bool(hf.get("attention_bias", False)),
+        "qk_norm": True,  # RMS-normalised queries and keys per head, before rotary
+        "qk_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+    }
+    return _llama_like_in(hf, attention)
+
+
+def _qwen3_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {**_qwen2_out(cfg), "attention_bias": bool(_part(cfg, "attention").get("bias", True))}
+
+
 def _llama_family(model_type: str, architecture: str, to_tfgraph: Callable, to_hf: Callable) -> Family:
     return Family(
         model_type=model_type,
@@ -347,6 +365,7 @@ def _llama_family(model_type: str, architecture: str, to_tfgraph: Callable, to_h
 LLAMA = _llama_family("llama", "LlamaForCausalLM", _llama_in, _llama_out)
 MISTRAL = _llama_family("mistral", "MistralForCausalLM", _mistral_in, _mistral_out)
 QWEN2 = _llama_family("qwen2", "Qwen2ForCausalLM", _qwen2_in, _qwen2_out)
+QWEN3 = _llama_family("qwen3", "Qwen3ForCausalLM", _qwen3_in, _qwen3_out)
 
 
 # -------------------------------------------------------------------------------------------- GPT-NeoX, Pythia
@@ -745,7 +764,7 @@ BART = Family(
     ignored={r"model\.(encoder|decoder)\.embed_tokens\.weight": "copies of the shared embedding"},
 )
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, NEOX, BERT, T5, BART)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, MISTRAL, QWEN2, QWEN3, NEOX, BERT, T5, BART)}
 
 
 # ------------------------------------------------------------------------------------------- config both ways
