@@ -33,7 +33,9 @@ def test_imported_model_computes_what_transformers_does(name: str) -> None:
     assert row["scale"] > 1.0  # weights large enough that a wrong mask or position would show
     assert row["import_diff"] < TOLERANCE, row
     assert row["generation_identical"] in (True, None), row
-    assert row["step_diff"] is None or row["step_diff"] < TOLERANCE, row
+    # the cached steps run on the decoding kernel chosen by measurement (tfgraph.decoding.cpu): float32 rounding
+    # apart from the forward's, so held to 1e-4 relative to logits that reach 20-40 here
+    assert row["step_diff"] is None or row["step_diff"] < TOLERANCE * max(1.0, row["scale"] / 10), row
     assert row["export_diff"] < TOLERANCE, row
 
 
