@@ -5,6 +5,8 @@ table, writes JSON, exits 1 on a failure and 2 on a config mistake."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -281,7 +283,7 @@ class Peeking(MultiHeadAttention):
 @pytest.mark.slow
 def test_command_exits_1_on_a_failed_check_and_2_on_a_config_mistake(tmp_path):
     (tmp_path / "peeking_blocks.py").write_text(PLUGIN)
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     failed = tfgraph_check("plugins=[peeking_blocks]", "model.attention.block=peeking", "check.only=[causality]",
                            "check.json=out.json", cwd=tmp_path, env=env)  # fmt: skip
     assert failed.returncode == 1, failed.stderr
@@ -293,3 +295,43 @@ def test_command_exits_1_on_a_failed_check_and_2_on_a_config_mistake(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text())["results"][0]["status"] == "fail"
     mistake = tfgraph_check("check.onlyy=[cache]", cwd=tmp_path)
     assert mistake.returncode == 2 and "check.onlyy" in mistake.stderr and "Traceback" not in mistake.stderr
+
+
+def readme_section() -> str:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("## Check your architecture")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def rows(output: str) -> list[str]:
+    """The check names, results and blame lines of a report (the figures measured on another machine differ)."""
+    kept = []
+    for line in output.splitlines():
+        words = line.split()
+        if words[:1] == ["blame:"] or line.startswith(("error:", "checked:")) or line.endswith("skipped"):
+            kept.append(line.strip())
+        elif len(words) > 1 and words[1] in ("pass", "fail", "skip"):
+            kept.append(" ".join(words[:2]))
+    return kept
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_as_shown(tmp_path):
+    """The section's plugin and layer graphs written out as the README shows them, its commands run as shown."""
+    section = readme_section()
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
+    for language, body in blocks:
+        if language in ("python", "yaml"):
+            path = tmp_path / body.splitlines()[0].removeprefix("# ").split(":")[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(body)
+    commands = [body.strip() for language, body in blocks if language == "bash"]
+    outputs = [body for language, body in blocks if language == "text"]
+    assert len(commands) == len(outputs) == 2
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the venv's
+    for command, shown in zip(commands, outputs, strict=True):
+        assert len(rows(shown)) >= 12
+        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                                env=env)  # fmt: skip
+        assert result.returncode == (1 if "error:" in shown else 0), result.stderr
+        assert rows(result.stdout + result.stderr) == rows(shown)
