@@ -190,8 +190,8 @@ def test_a_check_that_raises_fails_with_the_error_and_one_that_skips_is_skipped(
     def skips(subject):
         raise Skip("not for this model")
 
-    monkeypatch.setitem(CHECKS, "crashes", tfgraph.checks.Check("crashes", "raises", crashes))
-    monkeypatch.setitem(CHECKS, "skips", tfgraph.checks.Check("skips", "skips", skips))
+    monkeypatch.setitem(CHECKS, "crashes", tfgraph.checks.Check(name="crashes", summary="raises", function=crashes))
+    monkeypatch.setitem(CHECKS, "skips", tfgraph.checks.Check(name="skips", summary="skips", function=skips))
     crashed, skipped = run_checks(Subject(model=build(["model=gpt2_tiny", *FAST])), ["crashes", "skips"])
     assert (crashed.status, crashed.figure) == ("fail", "raised RuntimeError: boom")
     assert (skipped.status, skipped.figure) == ("skip", "not for this model")

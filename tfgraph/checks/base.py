@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -28,7 +28,7 @@ class Skip(Exception):  # noqa: N818 (raised to say "skipped", not an error)
     """Raised by a check that does not apply to the subject; the message is the reason shown."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Outcome:
     """What a check found: whether it passed, the measured figure, and the node to blame when it failed.
 
@@ -47,7 +47,7 @@ class Outcome:
     detail: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckResult:
     """One check's line of the report."""
 
@@ -59,7 +59,7 @@ class CheckResult:
     detail: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Subject:
     """The model a check runs on, and how the checks drive it.
 
@@ -90,7 +90,6 @@ class Subject:
     compile_atol: float = 1e-4
     compile_backend: str = "inductor"
     new_tokens: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)  # room for what a later check needs to be told
 
     def __post_init__(self) -> None:
         if self.model_cfg is None:
@@ -134,7 +133,7 @@ def call(
 CheckFunction = Callable[[Subject], Outcome]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Check:
     """A registered check: its name, what it proves (one line, for the table's legend and ``--help``), its
     function."""
@@ -159,7 +158,7 @@ def register_check(name: str, summary: str) -> Callable[[CheckFunction], CheckFu
     def decorate(function: CheckFunction) -> CheckFunction:
         if name in CHECKS and CHECKS[name].function is not function:
             raise ValueError(f"a check named {name!r} is registered already ({CHECKS[name].function.__qualname__})")
-        CHECKS[name] = Check(name, summary, function)
+        CHECKS[name] = Check(name=name, summary=summary, function=function)
         return function
 
     return decorate
@@ -179,12 +178,22 @@ def run_checks(subject: Subject, names: Sequence[str] | None = None) -> list[Che
             try:
                 outcome = check.function(subject)
             except Skip as skip:
-                results.append(CheckResult(name, "skip", str(skip)))
+                results.append(CheckResult(name=name, status="skip", figure=str(skip)))
                 continue
             except Exception as err:
-                outcome = Outcome(False, f"raised {type(err).__name__}: {err}".splitlines()[0], detail=str(err))
+                figure = f"raised {type(err).__name__}: {err}".splitlines()[0]
+                outcome = Outcome(passed=False, figure=figure, detail=str(err))
         status: Status = "pass" if outcome.passed else "fail"
-        results.append(CheckResult(name, status, outcome.figure, outcome.value, outcome.blame, outcome.detail))
+        results.append(
+            CheckResult(
+                name=name,
+                status=status,
+                figure=outcome.figure,
+                value=outcome.value,
+                blame=outcome.blame,
+                detail=outcome.detail,
+            )
+        )
     return results
 
 
@@ -224,16 +233,20 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def __str__(self) -> str:
-        width = max(len("check"), *(len(r.name) for r in self.results)) if self.results else 5
+        width = max([len("check"), *(len(r.name) for r in self.results)])
+        indent = " " * (width + 10)  # under the figure
         lines = [f"{'check'.ljust(width)}  result  figure"]
         for r in self.results:
             lines.append(f"{r.name.ljust(width)}  {r.status.ljust(6)}  {r.figure}")
             if r.blame:
-                lines.append(f"{' ' * width}          blame: {r.blame}")
+                lines.append(f"{indent}blame: {r.blame}")
             if r.status == "fail" and r.detail and r.detail != r.figure:
-                lines += [f"{' ' * width}          {line}" for line in r.detail.splitlines()[:6]]
-        lines += ["", f"{self.model}" if self.model else "", self.summary()]
-        return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")
+                lines += [f"{indent}{line}" for line in r.detail.splitlines()[:6]]
+        lines.append("")
+        if self.model:
+            lines.append(self.model)
+        lines.append(self.summary())
+        return "\n".join(lines)
 
 
 class ChecksFailed(Exception):  # noqa: N818 (reads as what happened)

@@ -42,20 +42,11 @@ def _fmt(value: float) -> str:
     return "0" if value == 0 else f"{value:.1e}"
 
 
-def _no_grad(function: Callable[[Subject], Outcome]) -> Callable[[Subject], Outcome]:
-    def run(subject: Subject) -> Outcome:
-        with torch.no_grad():
-            return function(subject)
-
-    run.__name__, run.__qualname__, run.__doc__ = function.__name__, function.__qualname__, function.__doc__
-    return run
-
-
 # ------------------------------------------------------------------------------------------------ forward
 
 
 @register_check("forward", "the model call returns [B, T, vocab] logits (d_model states for encoder_only), finite")
-@_no_grad
+@torch.no_grad()
 def forward(subject: Subject) -> Outcome:
     """The output's shape and that every value is finite; blames the first node with a non-finite output."""
     model, t = subject.model, subject.seq_len
@@ -65,20 +56,20 @@ def forward(subject: Subject) -> Outcome:
     width = model.d_model if subject.topology == "encoder_only" else model.vocab_size
     expected = (subject.batch, t, width)
     if tuple(out.shape) != expected:
-        return Outcome(False, f"output {list(out.shape)}, expected {list(expected)}")
+        return Outcome(passed=False, figure=f"output {list(out.shape)}, expected {list(expected)}")
     finite = bool(torch.isfinite(out).all())
     if not finite:
         labels = {name: node_label(name, node) for name, _, node in layer_nodes(model)}
         bad = next((name for name, o in outputs.items() if not torch.isfinite(o).all()), None)
-        return Outcome(False, f"output {list(out.shape)} has non-finite values", blame=labels.get(bad))
-    return Outcome(True, f"output {list(out.shape)}, all finite")
+        return Outcome(passed=False, figure=f"output {list(out.shape)} has non-finite values", blame=labels.get(bad))
+    return Outcome(passed=True, figure=f"output {list(out.shape)}, all finite")
 
 
 # ------------------------------------------------------------------------------------------------ causality
 
 
 @register_check("causality", "a change at position t leaves every output before t unchanged (causal stacks)")
-@_no_grad
+@torch.no_grad()
 def causality(subject: Subject) -> Outcome:
     """Change the (decoder) token at a few positions t: outputs before t must not move, and output t must."""
     if subject.topology == "encoder_only":
@@ -107,11 +98,14 @@ def causality(subject: Subject) -> Outcome:
                 run(changed)
             pick = lambda x, t=t: x[:, :t]  # noqa: E731
             blame = first_divergence(model, a, b, atol=subject.atol, pick_a=pick, pick_b=pick)
-            return Outcome(False, f"max |diff| before t={t}: {_fmt(before)} after changing token {t}", before, blame)
+            figure = f"max |diff| before t={t}: {_fmt(before)} after changing token {t}"
+            return Outcome(passed=False, figure=figure, value=before, blame=blame)
         if max_diff(out2[:, t:], out[:, t:]) <= subject.atol:
-            return Outcome(False, f"changing token {t} changes no output at or after it: the input is not read")
+            return Outcome(
+                passed=False, figure=f"changing token {t} changes no output at or after it: the input is not read"
+            )
     where = ", ".join(map(str, positions))
-    return Outcome(True, f"max |diff| before t: {_fmt(worst)} (t = {where} of {length})", worst)
+    return Outcome(passed=True, figure=f"max |diff| before t: {_fmt(worst)} (t = {where} of {length})", value=worst)
 
 
 # ------------------------------------------------------------------------------------------------ padding
@@ -126,12 +120,12 @@ def _padding_outcome(
 ) -> Outcome:
     figure = f"max |diff| at real positions: {_fmt(worst)} (rows of {', '.join(map(str, lengths))}, {side} padded)"
     if worst <= subject.atol:
-        return Outcome(True, figure, worst)
-    return Outcome(False, figure, worst, blame())
+        return Outcome(passed=True, figure=figure, value=worst)
+    return Outcome(passed=False, figure=figure, value=worst, blame=blame())
 
 
 @register_check("padding_right", "right padding leaves each row's real positions as the row alone computes them")
-@_no_grad
+@torch.no_grad()
 def padding_right(subject: Subject) -> Outcome:
     """Row 1 is ``seq_len - 5`` real tokens then padding holding real ids: its real positions match the row run
     alone, and the unpadded row 0 matches itself alone."""
@@ -156,7 +150,7 @@ def padding_right(subject: Subject) -> Outcome:
 
 
 @register_check("padding_left", "left padding (with positions per row) leaves each row as it computes alone")
-@_no_grad
+@torch.no_grad()
 def padding_left(subject: Subject) -> Outcome:
     """A decoder_only batch left-padded, positions counted per row from its first real token: each row's real
     positions match the row alone."""
@@ -189,7 +183,7 @@ def padding_left(subject: Subject) -> Outcome:
 
 
 @register_check("cache", "greedy generation with the KV cache gives the tokens and per-step logits of without")
-@_no_grad
+@torch.no_grad()
 def cache(subject: Subject) -> Outcome:
     """Greedy decoding with and without the cache: the same tokens, per-step logits within ``atol``."""
     from tfgraph.decoding import generate
@@ -219,10 +213,11 @@ def cache(subject: Subject) -> Outcome:
         f"({subject.new_tokens} steps)"
     )
     if bool(same.all()) and worst <= subject.atol:
-        return Outcome(True, figure, worst)
+        return Outcome(passed=True, figure=figure, value=worst)
     steps = (cached.logits - full.logits).abs().flatten(2).amax(dim=(0, 2))
     step = int((steps > subject.atol).nonzero()[0]) if bool((steps > subject.atol).any()) else 0
-    return Outcome(False, figure, worst, _cache_blame(subject, prompt, mask, full.sequences[:, :step]))
+    blame = _cache_blame(subject, prompt, mask, full.sequences[:, :step])
+    return Outcome(passed=False, figure=figure, value=worst, blame=blame)
 
 
 def _cache_blame(subject: Subject, prompt: Tensor, mask: Tensor | None, generated: Tensor) -> str | None:
@@ -265,8 +260,8 @@ def _compile_inputs(subject: Subject) -> dict[str, Tensor]:
 
 
 @register_check("compile", "torch.compile(fullgraph=True) traces with zero graph breaks and computes what eager does")
-@_no_grad
-def compile(subject: Subject) -> Outcome:  # noqa: A001 (the check's name)
+@torch.no_grad()
+def compiled(subject: Subject) -> Outcome:
     """Count the graph breaks (``torch._dynamo.explain``), then compare a ``fullgraph=True`` compile's output
     with eager; a break is blamed on the node whose block's code it happened in."""
     import torch._dynamo
@@ -281,18 +276,18 @@ def compile(subject: Subject) -> Outcome:  # noqa: A001 (the check's name)
             reasons = [str(reason.reason).splitlines()[0] for reason in explain.break_reasons]
             frames = [frame for reason in explain.break_reasons for frame in reason.user_stack]
             return Outcome(
-                False,
-                f"{breaks} graph break{'s' * (breaks != 1)} (fullgraph=True cannot compile)",
-                float(breaks),
-                _break_blame(model, frames),
-                "\n".join(dict.fromkeys(reasons)),
+                passed=False,
+                figure=f"{breaks} graph break{'s' * (breaks != 1)} (fullgraph=True cannot compile)",
+                value=float(breaks),
+                blame=_break_blame(model, frames),
+                detail="\n".join(dict.fromkeys(reasons)),
             )
         compiled = torch.compile(model, fullgraph=True, backend=subject.compile_backend)
         worst = max_diff(compiled(**inputs), model(**inputs))
     finally:
         torch._dynamo.reset()
     figure = f"0 graph breaks; max |diff| compiled vs eager: {_fmt(worst)} (backend {subject.compile_backend})"
-    return Outcome(worst <= subject.compile_atol, figure, worst)
+    return Outcome(passed=worst <= subject.compile_atol, figure=figure, value=worst)
 
 
 def _break_blame(model: nn.Module, frames: list[Any]) -> str | None:
@@ -318,7 +313,7 @@ def _break_blame(model: nn.Module, frames: list[Any]) -> str | None:
 
 
 @register_check("state_dict", "the state dict saved and loaded (weights_only) into a fresh model computes the same")
-@_no_grad
+@torch.no_grad()
 def state_dict(subject: Subject) -> Outcome:
     """Save the state dict, load it with ``torch.load(weights_only=True)`` into a model built from another seed:
     every key matches and the output is identical."""
@@ -331,19 +326,19 @@ def state_dict(subject: Subject) -> Outcome:
     wrong = [*result.missing_keys, *result.unexpected_keys]
     if wrong:
         label = "missing" if result.missing_keys else "unexpected"
-        return Outcome(False, f"{len(wrong)} keys {label}: {', '.join(wrong[:3])}", float(len(wrong)),
-                       blame_of(model, wrong[0]))  # fmt: skip
+        figure = f"{len(wrong)} keys {label}: {', '.join(wrong[:3])}"
+        return Outcome(passed=False, figure=figure, value=float(len(wrong)), blame=blame_of(model, wrong[0]))
     ids = subject.tokens(subject.batch, subject.seq_len, seed=5)
     worst = max_diff(call(fresh, ids), call(model, ids))
     n = len(model.state_dict())
     figure = f"{n} tensors round-tripped; max |diff| of the reloaded model's output: {_fmt(worst)}"
     if worst == 0:
-        return Outcome(True, figure, worst)
+        return Outcome(passed=True, figure=figure, value=worst)
     with traced(model) as a:
         call(model, ids)
     with traced(fresh) as b:
         call(fresh, ids)
-    return Outcome(False, figure, worst, first_divergence(model, a, b, atol=0.0))
+    return Outcome(passed=False, figure=figure, value=worst, blame=first_divergence(model, a, b, atol=0.0))
 
 
 # ------------------------------------------------------------------------------------------------ gradients
@@ -372,10 +367,11 @@ def gradients(subject: Subject) -> Outcome:
     good = len(params) - len(problems)
     figure = f"{good}/{len(params)} parameters with a finite, non-zero gradient (task {task.name}, loss {loss:.3g})"
     if not problems:
-        return Outcome(True, figure, float(good))
+        return Outcome(passed=True, figure=figure, value=float(good))
     first = problems[0][0].removeprefix("model.")
     detail = "\n".join(f"{name}: {why}" for name, why in problems)
-    return Outcome(False, figure, float(good), blame_of(task.model, first) or problems[0][0], detail)
+    blame = blame_of(task.model, first) or problems[0][0]
+    return Outcome(passed=False, figure=figure, value=float(good), blame=blame, detail=detail)
 
 
 def _task(subject: Subject) -> Any:
@@ -427,7 +423,7 @@ def _task_batch(subject: Subject, task: Any) -> dict[str, Tensor]:
 
 
 @register_check("determinism", "a forward with dropout off (eval mode) gives exactly the same output twice")
-@_no_grad
+@torch.no_grad()
 def determinism(subject: Subject) -> Outcome:
     """Two eval-mode forwards of the same tokens: identical outputs; blames the first node that differs."""
     model = subject.model
@@ -439,15 +435,15 @@ def determinism(subject: Subject) -> Outcome:
     worst = max_diff(first, second)
     figure = f"max |diff| between two forwards: {_fmt(worst)}"
     if worst == 0:
-        return Outcome(True, figure, worst)
-    return Outcome(False, figure, worst, first_divergence(model, a, b, atol=0.0))
+        return Outcome(passed=True, figure=figure, value=worst)
+    return Outcome(passed=False, figure=figure, value=worst, blame=first_divergence(model, a, b, atol=0.0))
 
 
 # ------------------------------------------------------------------------------------------------ counts
 
 
 @register_check("counts", "parameters and forward FLOPs per token as tfgraph-show prints them (counted on meta)")
-@_no_grad
+@torch.no_grad()
 def counts(subject: Subject) -> Outcome:
     """The full-size config's ``params: N`` and FLOPs per token, as ``tfgraph-show`` counts them on the meta
     device; fails when the meta count of the small config disagrees with the model actually built."""
@@ -464,12 +460,12 @@ def counts(subject: Subject) -> Outcome:
     figure = f"params: {full.num_parameters()}; {line}"
     if meta_small != real_small:
         return Outcome(
-            False,
-            f"the meta device counts {meta_small} parameters, the built model has {real_small}",
-            float(real_small - meta_small),
+            passed=False,
+            figure=f"the meta device counts {meta_small} parameters, the built model has {real_small}",
+            value=float(real_small - meta_small),
             detail=figure,
         )
-    return Outcome(True, figure, float(full.num_parameters()))
+    return Outcome(passed=True, figure=figure, value=float(full.num_parameters()))
 
 
 # The Hugging Face export round trip (tfgraph.interop: to_hf, then from_hf, the same outputs) registers here,
