@@ -224,3 +224,21 @@ def test_train_export_import_and_fine_tune_through_the_commands(tmp_path: Path) 
         f"paths.output_dir={tmp_path / 'tuned'}",
     )  # fmt: skip
     assert "initialised from the weights of" in (tmp_path / "tuned" / "train.log").read_text(), done.stderr[-2000:]
+
+
+def test_convert_names_what_is_missing_and_exits_2(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from tfgraph.convert import convert
+
+    with pytest.raises(tfgraph.ConfigError, match="give either from_hf"):
+        convert(OmegaConf.create({"from_hf": None, "to_hf": None}))
+    with pytest.raises(tfgraph.ConfigError, match="importing needs out"):
+        convert(OmegaConf.create({"from_hf": str(tmp_path), "to_hf": None, "out": None}))
+    with pytest.raises(tfgraph.ConfigError, match="dtype: expected one of float32"):
+        convert(OmegaConf.create({"from_hf": None, "to_hf": "x", "ckpt_path": "y", "dtype": "int8"}))
+    done = subprocess.run(
+        ["tfgraph-convert", f"ckpt_path={tmp_path / 'none.ckpt'}", f"to_hf={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no checkpoint at" in done.stderr and "Traceback" not in done.stderr
