@@ -411,16 +411,19 @@ def main() -> None:
             result["no_cache"] = throughput(
                 gens, ["no_cache", "tfgraph"], rounds=args.no_cache_rounds, max_other=args.max_other_cpu
             )
-    if args.profile:
-        return
+        report(result, start, write_readme=args.write_readme)  # after each size: a run cut short keeps what it has
+
+
+def report(result: dict, start: float, *, write_readme: bool) -> None:
+    """Print the tables of the sizes timed so far, write the JSON and, if asked, experiments/README.md."""
     result["seconds"] = time.time() - start
     loads = [r["load_average_1min"] for part in result["sizes"].values() for r in part["throughput"]["rounds"]]
     result["median_load"] = statistics.median(loads)
     table = markdown(result)
-    print(table)
+    print(table, flush=True)
     RESULT_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULT_PATH.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_readme:
+    if write_readme:
         common.write_readme("generate_vs_hf", table, f"{README_HEADING}\n\n{INTRO}")
 
 
