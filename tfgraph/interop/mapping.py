@@ -62,9 +62,6 @@ class HF:
         return _join(prefix, self.path, suffix)
 
 
-Spec = "str | HF | Mapping[str, str] | tuple[HF, ...]"  # a location's HF tensors, in the families' shorthand
-
-
 def hf_tensors(spec: Any) -> tuple[HF, ...]:
     """A location's spec as :class:`HF` entries: a path (the block's one piece), an :class:`HF`, a mapping of piece
     to path (one tensor group per piece, Llama's ``q_proj``...), or a tuple of :class:`HF`."""
@@ -234,10 +231,16 @@ def _stack(module: nn.Module, parts: list[Tensor], entry: HF) -> Tensor:
 
 
 def _names(entry: HF, module: nn.Module) -> tuple[str, ...]:
+    """The pieces an entry holds: its own list, or the block's one piece (a norm's ``norm``)."""
     if entry.pieces:
         return entry.pieces
     pieces = {p for value in layout(module).values() for p in ((value,) if isinstance(value, str) else value)}
-    return tuple(sorted(pieces))[:1] if len(pieces) == 1 else ("?",)
+    if len(pieces) != 1:
+        raise ValueError(
+            f"{entry.path!r} names no pieces, but {type(module).__name__} has several ({', '.join(sorted(pieces))}): "
+            "a family must say which it holds"
+        )
+    return tuple(pieces)
 
 
 Reader = Callable[[str], Tensor]
