@@ -246,6 +246,8 @@ def test_a_failure_is_reported_not_raised_from_python():
         ("+check.d_modle=32", "check.d_modle", "did you mean 'd_model'"),
         ("check.only=[cach]", "check.only[0]", "did you mean 'cache'"),
         ("check.batch=1", "check.batch", "at least 2"),
+        ("seed=x", "seed", "expected an integer"),
+        ("model=t5_tiny task=causal_lm", "model.topology", "task causal_lm does not fit"),
         (
             "check.n_heads=3 check.d_model=64",
             "model.n_heads",
@@ -255,7 +257,7 @@ def test_a_failure_is_reported_not_raised_from_python():
 )
 def test_check_options_are_checked(override, path, says):
     with pytest.raises(tfgraph.ConfigError) as err:
-        check(tfgraph.compose(["model=gpt2_tiny", *override.split()], config_name="check"))
+        check(tfgraph.compose(["model=gpt2_tiny", *override.split()], config_name="check"))  # before any check runs
     assert path in str(err.value) and says in str(err.value)
 
 

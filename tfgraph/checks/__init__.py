@@ -56,7 +56,6 @@ SIZE_OPTIONS = ("d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "n_layer
 RUN_OPTIONS = {  # option -> (default, what it must be)
     "seq_len": (None, "a positive integer or null"),
     "batch": (2, "an integer of at least 2"),
-    "seed": (0, "an integer"),
     "atol": (1e-5, "a positive number"),
     "compile_atol": (1e-4, "a positive number"),
     "compile_backend": ("inductor", "a torch.compile backend name (inductor, aot_eager, eager)"),
@@ -80,7 +79,7 @@ def check(cfg: DictConfig | Mapping[str, Any]) -> CheckReport:
 
     Args:
         cfg: the composed ``check`` config (``tfgraph.compose([...], config_name="check")``): ``model``, the
-            optional ``task`` whose loss the gradient check uses, ``plugins`` and the ``check`` options (the
+            optional ``task`` whose loss the gradient check uses, ``plugins``, ``seed`` and the ``check`` options (the
             small sizes ``check.d_model``, ``check.n_layers``, ... null: derived from the model config; the run's
             ``check.seq_len``, ``check.atol``, ``check.only``, ``check.skip``, ``check.json``, ...).
 
@@ -94,7 +93,7 @@ def check(cfg: DictConfig | Mapping[str, Any]) -> CheckReport:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     load_plugins(cfg.get("plugins"), "plugins")
-    options = check_options(cfg.get("check"))
+    options = check_options(cfg)
     names = selected(options)
     full_cfg = plain(cfg.model)
     from tfgraph.flops import meta_model
@@ -102,6 +101,10 @@ def check(cfg: DictConfig | Mapping[str, Any]) -> CheckReport:
     meta_model(full_cfg)  # the config as given is checked first, its errors named at their own paths
     small = small_config(full_cfg, options)
     task_cfg = plain(cfg.task) if cfg.get("task") is not None else None
+    if task_cfg is not None:  # a task that does not fit the topology is the config's mistake, not a failed check
+        from tfgraph.tasks import task_class
+
+        task_class(task_cfg.get("name")).check_topology(full_cfg.get("topology"))
     torch.manual_seed(options["seed"])
     try:
         from tfgraph.models import build_model
@@ -151,8 +154,10 @@ def describe(full_cfg: Mapping[str, Any], small: Mapping[str, Any], seq_len: int
 # ------------------------------------------------------------------------------------------------ options
 
 
-def check_options(node: Any) -> dict[str, Any]:
-    """The ``check`` options with their defaults, each checked (all problems together, at ``check.<key>``)."""
+def check_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``check`` options with their defaults and the run's ``seed``, each checked (all problems together, at
+    ``check.<key>``)."""
+    node = cfg.get("check")
     values = plain(node) if node is not None else {}
     if not isinstance(values, dict):
         raise ConfigError.at("check", f"expected a mapping of check options, got {values!r}")
@@ -170,6 +175,10 @@ def check_options(node: Any) -> dict[str, Any]:
     for key, (_, expected) in RUN_OPTIONS.items():
         if not _valid(key, options[key]):
             problems.add(f"check.{key}", f"expected {expected}, got {options[key]!r}")
+    seed = cfg.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.add("seed", f"expected an integer, got {seed!r}")
+    options["seed"] = seed
     for key in ("only", "skip"):
         if isinstance(options[key], list):
             for i, name in enumerate(options[key]):
@@ -189,8 +198,6 @@ def _valid(key: str, value: Any) -> bool:
         return value is None or _positive_int(value)
     if key == "batch":
         return _positive_int(value) and value >= 2
-    if key == "seed":
-        return isinstance(value, int) and not isinstance(value, bool)
     if key in ("atol", "compile_atol"):
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if key == "compile_backend":

@@ -75,10 +75,10 @@ def causality(subject: Subject) -> Outcome:
     if subject.topology == "encoder_only":
         raise Skip("encoder_only: a bidirectional stack, every position reads every other")
     model, length = subject.model, subject.seq_len
-    ids = subject.tokens(subject.batch, length)
-    positions = sorted({max(1, min(length - 1, round(f * length))) for f in CAUSALITY_POSITIONS})
     if length < 2:
         raise Skip(f"seq_len {length}: no earlier position to watch")
+    ids = subject.tokens(subject.batch, length)
+    positions = sorted({max(1, min(length - 1, round(f * length))) for f in CAUSALITY_POSITIONS})
 
     def run(dec: Tensor) -> Tensor:
         return call(model, ids, dec=dec) if subject.topology == "encoder_decoder" else call(model, dec)
@@ -375,13 +375,12 @@ def gradients(subject: Subject) -> Outcome:
 
 
 def _task(subject: Subject) -> Any:
-    from tfgraph.data.tokenizers import CharTokenizer
+    from tfgraph.data.tokenizers import SPECIAL_TOKENS, CharTokenizer
     from tfgraph.tasks import build_task
 
     task_cfg = dict(subject.task_cfg or {"name": NATURAL_TASKS[subject.topology]})
     vocab = subject.model.vocab_size
-    probe = CharTokenizer(chars=["a"])
-    n_chars = max(1, min(26, vocab - (probe.vocab_size - 1)))
+    n_chars = max(1, min(26, vocab - len(SPECIAL_TOKENS)))  # a tokenizer that fits the model's vocabulary
     tokenizer = CharTokenizer(chars=list(string.ascii_lowercase[:n_chars]))
     labels = {"sequence_classification": ["no", "yes"], "token_classification": ["O", "B-X", "I-X"]}
     with torch.random.fork_rng():
@@ -401,15 +400,14 @@ def _task_batch(subject: Subject, task: Any) -> dict[str, Tensor]:
     """A batch of random tokens the task reads as its data modules give it (right padding in the last row)."""
     rows, length = max(4, subject.batch), max(2, subject.seq_len)
     generator = torch.Generator().manual_seed(subject.seed + 6)
-    low = len(task.tokenizer.special_tokens) if hasattr(task.tokenizer, "special_tokens") else 0
-    high = task.tokenizer.vocab_size
-    ids = torch.randint(min(low, high - 1), high, (rows, length), generator=generator)
+    low, high = len(task.tokenizer.special_ids), task.tokenizer.vocab_size  # the tokens of text, no specials
+    ids = torch.randint(low, high, (rows, length), generator=generator)
     mask = torch.ones_like(ids)
     mask[-1, max(2, length - SHORT_BY) :] = 0
     batch = {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
     name = task.name
     if name == "seq2seq":
-        batch["labels"] = torch.randint(min(low, high - 1), high, (rows, max(2, length // 2)), generator=generator)
+        batch["labels"] = torch.randint(low, high, (rows, max(2, length // 2)), generator=generator)
     elif name == "sequence_classification":
         batch["labels"] = torch.arange(rows) % len(task.label_names)
     elif name == "token_classification":
