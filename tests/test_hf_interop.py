@@ -242,3 +242,23 @@ def test_convert_names_what_is_missing_and_exits_2(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "no checkpoint at" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_export_check_of_tfgraph_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tfgraph.checks
+    from tfgraph.blocks.attention import MultiHeadAttention
+    from tfgraph.checks.base import Subject, run_checks
+
+    assert "hf_export" in tfgraph.checks.CHECKS
+
+    def result(overrides: list[str]) -> tuple[str, str]:
+        outcome = run_checks(Subject(model=build(overrides)), ["hf_export"])[0]
+        return outcome.status, outcome.figure
+
+    assert result(["model=llama_tiny"]) == ("pass", "as LlamaForCausalLM: max |diff| after export and import 0")
+    status, figure = result(["model=gpt2_tiny", "model/position=alibi"])
+    assert status == "skip" and "no Hugging Face architecture expresses it (model.position" in figure
+    # a layout that leaves the output projection out: the export names the parameter instead of dropping it
+    monkeypatch.setattr(MultiHeadAttention, "hf_layout", {"qkv": ("q", "k", "v")})
+    status, figure = result(["model=llama_tiny"])
+    assert status == "fail" and "decoder.layers.0.attn.out.weight: not in MultiHeadAttention's hf_layout" in figure

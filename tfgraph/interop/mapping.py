@@ -169,10 +169,17 @@ def locations(
         if not any(name == c or name.startswith(c + ".") for c in covered):
             report.unmapped.append(f"{name}: the family has no place for it")
     for where in found:
-        if layout(where.module) is None:
+        stems = layout(where.module)
+        if stems is None:
             report.unmapped.append(
                 f"{where.path}: {type(where.module).__name__} declares no Hugging Face layout (hf_layout)"
             )
+            continue
+        for name, _ in where.module.named_parameters():
+            if not any(name == _join(stem, suffix) for stem in stems for suffix in SUFFIXES):
+                report.unmapped.append(
+                    f"{where.path}.{name}: not in {type(where.module).__name__}'s hf_layout ({', '.join(stems)})"
+                )
     return [where for where in found if layout(where.module) is not None]
 
 
