@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torchmetrics import MeanMetric, Metric
 
 from tfgraph.data.tokenizers import Tokenizer
@@ -20,7 +21,7 @@ from tfgraph.models import Transformer, build_model
 from tfgraph.models.build import init_weights
 from tfgraph.models.transformer import Stack
 from tfgraph.registry import ConfigError, Problems, bind, lookup
-from tfgraph.tasks.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
+from tfgraph.tasks.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler, decay_plan
 
 # the format of what on_save_checkpoint writes; tfgraph.tasks.checkpoint reads up to it (raise it on a change that
 # older tfgraphs cannot read)
@@ -158,9 +159,13 @@ class Task(pl.LightningModule):
     # --------------------------------------------------------------------------------------------- steps
 
     def configure_model(self) -> None:
-        """Lightning's hook in each process before the strategy wraps the model: compile as ``compile_mode`` says
-        (the top-level ``compile`` setting, which :func:`tfgraph.train` sets; here, after DDP's workers are spawned,
-        since compiled functions do not pickle). Once per task."""
+        """Lightning's hook in each process before the strategy wraps the model: which parameters get weight decay
+        is decided here, from the unwrapped names (:func:`~tfgraph.tasks.optim.decay_plan`: FSDP, DDP and one process
+        decay the same tensors), and the model is compiled as ``compile_mode`` says (the top-level ``compile``
+        setting, which :func:`tfgraph.train` sets; here, after DDP's workers are spawned, since compiled functions
+        do not pickle). Once per task."""
+        if getattr(self, "_decay_plan", None) is None:
+            self._decay_plan = decay_plan(self)
         mode = getattr(self, "compile_mode", False)
         if mode is not False and not getattr(self, "_compiled_as", None):
             compile_model(self.model, mode)
@@ -224,7 +229,8 @@ class Task(pl.LightningModule):
     # ------------------------------------------------------------------------------- optimisation, saving
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self, self.hparams.optimizer or DEFAULT_OPTIMIZER)
+        plan = getattr(self, "_decay_plan", None)  # made before any wrapping (configure_model)
+        optimizer = build_optimizer(self, self.hparams.optimizer or DEFAULT_OPTIMIZER, plan=plan)
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         # max_steps when set: asking the trainer to estimate makes it build the train loader before a resumed
@@ -239,6 +245,20 @@ class Task(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, but under FSDP by the norm over every shard (FSDP's ``clip_grad_norm_``: the norm
+        one process would clip by), which Lightning's FSDP precision plugin refuses to do."""
+        wrapped = self.trainer.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(wrapped, FSDP):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tfgraph"] = {"task": self.name, "format": CHECKPOINT_FORMAT}

@@ -122,20 +122,55 @@ def check_scheduler(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(problems)
 
 
-def build_optimizer(module: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+# what wrappers put into parameter names: FSDP's units, torch's activation checkpointing, torch.compile
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as in the unwrapped model (``model.decoder.layers.0.attn.qkv.weight``)."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
+def decay_plan(module: nn.Module) -> dict[str, bool]:
+    """Whether each parameter of ``module`` gets weight decay, by name: matrices and tables (two or more
+    dimensions: linear and embedding weights) do, biases, norm gains and scalars do not.
+
+    Decide it before a strategy wraps the model: FSDP (``use_orig_params=True``) hands the optimizer 1-D shards,
+    whose shapes no longer say which is a matrix. Every alias of a shared tensor is named.
+    """
+    return {unwrapped_name(n): p.dim() >= 2 for n, p in module.named_parameters(remove_duplicate=False)}
+
+
+def build_optimizer(
+    module: nn.Module, cfg: Mapping[str, Any], *, plan: Mapping[str, bool] | None = None
+) -> torch.optim.Optimizer:
     """The optimizer a config names, with weight decay on matrices only (not on biases, norms or gains).
 
     Args:
-        module: whose trainable parameters are optimised (each shared tensor once).
+        module: whose trainable parameters are optimised (each shared tensor once), possibly wrapped.
         cfg: ``{name: adamw | adam | sgd, lr: ..., weight_decay: ..., <the optimizer's own options>}``.
+        plan: which parameters decay, by unwrapped name (:func:`decay_plan` of the module before it was wrapped);
+            ``None``: decided from ``module`` as it is now.
+
+    Raises:
+        RuntimeError: when ``module`` has a parameter that ``plan`` does not name.
     """
     check_optimizer(cfg)
     cls, options = _named(OPTIMIZERS, cfg, "optimizer")
     weight_decay = options.pop("weight_decay", 0.0)
-    params = [p for p in module.parameters() if p.requires_grad]
+    plan = decay_plan(module) if plan is None else plan
+    params = [(unwrapped_name(n), p) for n, p in module.named_parameters() if p.requires_grad]
+    unplanned = [name for name, _ in params if name not in plan]
+    if unplanned:
+        raise RuntimeError(
+            f"no weight-decay decision for parameter(s) {', '.join(unplanned[:5])}: the plan was made before "
+            "these existed (tfgraph.tasks.optim.decay_plan of the unwrapped model names every parameter)"
+        )
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for name, p in params if plan[name]], "weight_decay": weight_decay},
+        {"params": [p for name, p in params if not plan[name]], "weight_decay": 0.0},
     ]
     return cls([g for g in groups if g["params"]], **options)
 
