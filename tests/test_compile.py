@@ -13,8 +13,14 @@ import tfgraph
 from tests.conftest import SWAPPABLE_GROUPS, TINY_PRESETS, build, group_options, run, tiny_text_run
 from tfgraph.tasks.base import compile_model
 
+# the mixture of experts gathers each expert's tokens with nonzero (a shape that depends on the routing): a graph
+# break unless torch._dynamo.config.capture_dynamic_output_shape_ops is on
+ROUTED = pytest.mark.xfail(strict=True, reason="moe's token dispatch (nonzero) has a data-dependent shape")
 MATRIX = [
-    (preset, group, option) for preset in TINY_PRESETS for group in SWAPPABLE_GROUPS for option in group_options(group)
+    pytest.param(preset, group, option, marks=[ROUTED] if option == "moe" else [], id=f"{preset}-{group}={option}")
+    for preset in TINY_PRESETS
+    for group in SWAPPABLE_GROUPS
+    for option in group_options(group)
 ]
 
 
@@ -43,7 +49,7 @@ def test_every_preset_traces_without_graph_breaks(preset: str, padded: bool) -> 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-@pytest.mark.parametrize(("preset", "group", "option"), MATRIX, ids=[f"{p}-{g}={o}" for p, g, o in MATRIX])
+@pytest.mark.parametrize(("preset", "group", "option"), MATRIX)
 def test_every_preset_with_every_option_traces_without_graph_breaks(preset, group, option, padded) -> None:
     model = build([f"model={preset}", f"model/{group}={option}", "model.max_len=64", "model.n_layers=2"]).train()
     count, reasons = graph_breaks(model, padded)
