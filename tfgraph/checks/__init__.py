@@ -37,6 +37,7 @@ from tfgraph.checks.base import (
     CheckReport,
     CheckResult,
     ChecksFailed,
+    Finding,
     Outcome,
     Skip,
     Subject,
@@ -48,7 +49,7 @@ from tfgraph.registry import ConfigError, Problems, load_plugins, suggest
 
 # The modules whose import registers checks, in the order their checks run. The Hugging Face export round trip
 # (tfgraph.interop) joins this list once it exists: a module of its own that registers "hf_export".
-CHECK_MODULES = ("tfgraph.checks.equivalence",)
+CHECK_MODULES = ("tfgraph.checks.equivalence", "tfgraph.checks.hf_export")
 
 SMALL = {"head_size": 16, "n_heads": 4, "n_layers": 2, "vocab_size": 512, "max_len": 64, "seq_len": 12}
 SIZE_OPTIONS = ("d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "n_layers", "n_decoder_layers",
@@ -266,6 +267,7 @@ __all__ = [
     "CheckReport",
     "CheckResult",
     "ChecksFailed",
+    "Finding",
     "Outcome",
     "Skip",
     "Subject",

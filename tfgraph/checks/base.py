@@ -29,18 +29,16 @@ class Skip(Exception):  # noqa: N818 (raised to say "skipped", not an error)
 
 
 @dataclass(kw_only=True)
-class Outcome:
-    """What a check found: whether it passed, the measured figure, and the node to blame when it failed.
+class Finding:
+    """What a check measured.
 
     Attributes:
-        passed: whether the property holds.
-        figure: the measured figure, short (``max |diff| before t: 0 (t = 3, 8 of 12)``).
+        figure: the measured figure, short (``max |diff| before t: 0 (t = 3, 8 of 12)``); a skip's reason.
         value: the figure as a number where there is one (the largest difference, a count).
-        blame: the layer-graph node (module name and config path) the failure traces back to, if found.
-        detail: more of what went wrong (the first graph break's reason, the parameters without a gradient).
+        blame: the layer-graph node (module name and config path) a failure traces back to, if found.
+        detail: more of what went wrong (the graph breaks' reasons, the parameters without a gradient).
     """
 
-    passed: bool
     figure: str
     value: float | None = None
     blame: str | None = None
@@ -48,15 +46,18 @@ class Outcome:
 
 
 @dataclass(kw_only=True)
-class CheckResult:
-    """One check's line of the report."""
+class Outcome(Finding):
+    """What a check function returns: whether the property holds, and the :class:`Finding`."""
+
+    passed: bool
+
+
+@dataclass(kw_only=True)
+class CheckResult(Finding):
+    """One check's line of the report: its name, ``pass``, ``fail`` or ``skip``, and the :class:`Finding`."""
 
     name: str
     status: Status
-    figure: str
-    value: float | None = None
-    blame: str | None = None
-    detail: str = ""
 
 
 @dataclass(kw_only=True)
@@ -183,17 +184,8 @@ def run_checks(subject: Subject, names: Sequence[str] | None = None) -> list[Che
             except Exception as err:
                 figure = f"raised {type(err).__name__}: {err}".splitlines()[0]
                 outcome = Outcome(passed=False, figure=figure, detail=str(err))
-        status: Status = "pass" if outcome.passed else "fail"
-        results.append(
-            CheckResult(
-                name=name,
-                status=status,
-                figure=outcome.figure,
-                value=outcome.value,
-                blame=outcome.blame,
-                detail=outcome.detail,
-            )
-        )
+        found = {key: value for key, value in asdict(outcome).items() if key != "passed"}
+        results.append(CheckResult(name=name, status="pass" if outcome.passed else "fail", **found))
     return results
 
 
@@ -227,7 +219,8 @@ class CheckReport:
         return f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "ok": self.ok, "results": [asdict(r) for r in self.results]}
+        results = [{"name": r.name, "status": r.status, **asdict(r)} for r in self.results]  # name first
+        return {"model": self.model, "ok": self.ok, "results": results}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
