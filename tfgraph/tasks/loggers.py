@@ -1,4 +1,5 @@
-"""Lightning's CSV and TensorBoard loggers, continuing the logs of a run resumed into its own dir.
+"""Lightning's CSV and TensorBoard loggers, continuing the logs of a run resumed into its own dir, and its
+Weights & Biases logger, one wandb run per tfgraph run.
 
 Lightning's ``CSVLogger`` deletes the ``metrics.csv`` it finds in its folder, so a run resumed into its own dir
 loses the metrics of the steps before its checkpoint; its ``TensorBoardLogger`` adds an event file whose steps
@@ -11,6 +12,8 @@ overlap the earlier ones. These keep what was logged before the step training st
 - :class:`TensorBoardLogger` keeps the earlier event files and starts its own with ``purge_step`` at the resumed
   step: TensorBoard shows the earlier events before that step, then the resumed run's.
 
+:class:`WandbLogger` starts a wandb run of its own for each tfgraph run, also where several train in one process.
+
 :func:`sync_csv_columns` mends what a fit in spawned processes leaves a CSV logger of this process not knowing.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import pytorch_lightning as pl
 from pytorch_lightning import loggers
@@ -118,6 +121,31 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
         )
 
 
+class WandbLogger(loggers.WandbLogger):
+    """Lightning's ``WandbLogger`` (same arguments) that logs each tfgraph run to a wandb run of its own.
+
+    Lightning's logs into any wandb run in progress in the process, so the jobs of a sweep run in one process
+    (Hydra's default launcher) and a script calling ``tfgraph.train`` twice would all log into the first job's
+    run. This one first finishes a run that an earlier ``WandbLogger`` of tfgraph started; a run the user's own
+    code started (``wandb.init`` before training) is still logged into, as with Lightning's.
+    """
+
+    started: ClassVar[set[str]] = set()  # the ids of the wandb runs these loggers started, in this process
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        import wandb
+
+        if self._experiment is None and wandb.run is not None and wandb.run.id in WandbLogger.started:
+            wandb.finish()  # an earlier tfgraph run's: done
+        fresh = self._experiment is None and wandb.run is None
+        experiment = loggers.WandbLogger.experiment.fget(self)
+        if fresh and getattr(experiment, "id", None):
+            WandbLogger.started.add(experiment.id)
+        return experiment
+
+
 def event_files(log_dir: str) -> list[Path]:
     """The TensorBoard event files in ``log_dir``."""
     return sorted(Path(log_dir).glob("events.out.tfevents.*"))
@@ -140,4 +168,4 @@ def sync_csv_columns(trainer: pl.Trainer) -> None:
             writer.metrics_keys = sorted(set(writer.metrics_keys) | set(columns))
 
 
-__all__ = ["CSVLogger", "TensorBoardLogger", "sync_csv_columns"]
+__all__ = ["CSVLogger", "TensorBoardLogger", "WandbLogger", "sync_csv_columns"]
