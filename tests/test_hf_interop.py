@@ -262,3 +262,23 @@ def test_the_export_check_of_tfgraph_check(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(MultiHeadAttention, "hf_layout", {"qkv": ("q", "k", "v")})
     status, figure = result(["model=llama_tiny"])
     assert status == "fail" and "decoder.layers.0.attn.out.weight: not in MultiHeadAttention's hf_layout" in figure
+
+
+def test_a_model_object_a_bare_base_model_and_a_pretraining_checkpoint_import(tmp_path: Path) -> None:
+    hf = REFERENCES["gpt2"]()
+    ids = torch.randint(0, hf_parity.VOCAB, (2, 9))
+    with torch.no_grad():
+        reference = hf(ids).logits
+    from_object, _ = tfgraph.from_hf(hf)  # a transformers model in memory
+    hf.transformer.save_pretrained(tmp_path / "base")  # GPT2Model: its keys lack the "transformer." prefix
+    from_base, _ = tfgraph.from_hf(tmp_path / "base")
+    for model in (from_object, from_base):
+        assert (_logits(model, ids) - reference).abs().max() < TOLERANCE
+    mlm = transformers.BertForMaskedLM(
+        transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                vocab_size=50, max_position_embeddings=64)
+    ).eval()  # fmt: skip
+    mlm.save_pretrained(tmp_path / "mlm")  # "bert." prefixed, with the cls.* pretraining heads beside
+    encoder, _ = tfgraph.from_hf(tmp_path / "mlm")
+    with torch.no_grad():
+        assert (encoder(ids % 50) - mlm.bert(ids % 50).last_hidden_state).abs().max() < TOLERANCE
