@@ -1,9 +1,12 @@
-"""experiments/benchmarks/gpu.py at a tiny size on the CPU (the GPU run is not measured here), so that the script
-that is ready for a GPU cannot rot unnoticed; and its MFU bookkeeping."""
+"""The accelerator path's benchmarks at a tiny size on the CPU, so that they cannot rot unnoticed:
+experiments/benchmarks/gpu.py (ready for a GPU, not measured on one here) and its MFU bookkeeping, and
+experiments/benchmarks/activation_checkpointing.py."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,3 +42,15 @@ def test_mfu_counts_6n_plus_attention_against_the_device_peak(gpu) -> None:
     assert gpu.flops_per_token(sizes, 1024, 124_000_000) == 6 * 124_000_000 + 12 * 12 * 1024 * 768
     assert gpu.device_peak(torch.device("cpu")) == ("cpu", None)
     assert gpu.PEAK_BF16["H100"] == 989e12 and next(k for k in gpu.PEAK_BF16 if k in "NVIDIA H100 PCIe") == "H100 PCIe"
+
+
+@pytest.mark.slow
+def test_the_activation_checkpointing_benchmark_measures_both_settings_in_fresh_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ac.json"
+    script = BENCHMARKS / "activation_checkpointing.py"
+    argv = [sys.executable, str(script), "--tiny", "--repeats", "1", "--steps", "1", "--out", str(out)]
+    table = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    assert "| **on / off** |" in table
+    result = json.loads(out.read_text())
+    assert set(result["median"]) == {"off", "on"}
+    assert all(m["peak_allocated_bytes"] > m["in_step_bytes"] > 0 for m in result["median"].values())
