@@ -338,8 +338,13 @@ def markdown(result: dict) -> str:
         + ", ".join(f"`{s}` {p['check']['max_abs_logit_diff']:.1e}" for s, p in result["sizes"].items())
         + f"; every generator produces Hugging Face's {NEW_TOKENS} tokens. Rounds: "
         + ", ".join(f"`{s}` {p['throughput']['all']['n_rounds']}" for s, p in result["sizes"].items())
-        + ", interleaved (one call of each generator per round, after one untimed call each, which for a compiled "
-        f"generator compiles: {compile_cost}, once per process and model shape); a round is uncontended when other "
+        + ", interleaved (one call of each generator per round, after one untimed call each"
+        + (
+            f", which for a compiled generator compiles: {compile_cost}, once per process and model shape"
+            if compile_cost
+            else ""
+        )
+        + f"); a round is uncontended when other "
         f"processes used at most {run['max_other_cpu']:.0%} of the machine during each of its calls. Per-call "
         "figures are in `experiments/benchmarks/results/generate_vs_hf.json`."
     )
