@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tfgraph
+from tfgraph.checks.base import call as run  # noqa: F401 (the model call for any topology, as the checks make it)
 from tfgraph.config import conf_dir
 
 TINY_PRESETS = ("gpt2_tiny", "llama_tiny", "bert_tiny", "t5_tiny", "transformer_tiny")
@@ -51,17 +52,3 @@ def build(overrides: list[str], seed: int = 0) -> tfgraph.models.Transformer:
     torch.manual_seed(seed)
     model = tfgraph.build_model(tfgraph.compose(overrides).model)
     return model.eval()
-
-
-def run(
-    model: torch.nn.Module,
-    ids: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    dec: torch.Tensor | None = None,
-    dec_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The model call for any topology (encoder-decoders decode `dec`, default: the inputs themselves)."""
-    if model.topology == "encoder_decoder":
-        dec = ids if dec is None else dec
-        return model(ids, attention_mask=mask, decoder_input_ids=dec, decoder_attention_mask=dec_mask)
-    return model(ids, attention_mask=mask)
