@@ -378,6 +378,8 @@ def _task(subject: Subject) -> Any:
     from tfgraph.data.tokenizers import SPECIAL_TOKENS, CharTokenizer
     from tfgraph.tasks import build_task
 
+    if subject.model_cfg is None:
+        raise Skip("the model was built by hand (no model config for the task to build it from)")
     task_cfg = dict(subject.task_cfg or {"name": NATURAL_TASKS[subject.topology]})
     vocab = subject.model.vocab_size
     n_chars = max(1, min(26, vocab - len(SPECIAL_TOKENS)))  # a tokenizer that fits the model's vocabulary
