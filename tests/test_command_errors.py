@@ -82,7 +82,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 UNKNOWN_OPTION = "no option 'lama_tiny': did you mean 'llama_tiny'? options are bert, bert_tiny, gpt2, gpt2_tiny"
 COMPOSITION = [  # (command, argument, text the message holds)
     ("train", "model/norm=rmsnrom", "model/norm: no option 'rmsnrom': did you mean 'rmsnorm'? options are layernorm"),
-    ("train", "logger=wandb", "logger: no option 'wandb': options are csv, many_loggers, mlflow, tensorboard"),
+    ("train", "logger=comet", "logger: no option 'comet': options are csv, many_loggers, mlflow, tensorboard, wandb"),
     ("train", "trainer.max_step=100", "trainer.max_step: no such key to override: did you mean trainer.max_steps? "),
     ("train", "model.d_model=[1", "model.d_model: cannot parse 'model.d_model=[1': no viable alternative"),
     ("eval", "trainer=gpuu", "trainer: no option 'gpuu': did you mean 'gpu'?"),
