@@ -4,7 +4,7 @@
 :class:`tfgraph.ConfigError`: ``optimized_mode``, the Trainer's counting settings (Lightning's own errors for them
 name no config key), ``seed``, ``trust_plugins`` and the ``sample`` settings, the optimizer and schedule and, for a
 new run, whether the task takes the model's topology, ``max_params`` and the model itself, built on the ``meta``
-device. The rest need what a run has built: whether the data feeds the task (:func:`check_fits`) and fits the
+device, and seq2seq's ``task.metrics`` and beams. The rest need what a run has built: whether the data feeds the task (:func:`check_fits`) and fits the
 model's positions (:func:`check_lengths`), whether the task logs ``optimized_metric``
 (:func:`check_optimized_metric`), whether the accelerator is there (:func:`check_accelerator`).
 """
@@ -23,6 +23,7 @@ from tfgraph.registry import ConfigError, Problems
 from tfgraph.sweeps import KEEP_CHECKPOINTS
 from tfgraph.tasks import task_class
 from tfgraph.tasks.optim import check_optimizer, check_scheduler
+from tfgraph.tasks.seq2seq import check_decoding
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -44,10 +45,21 @@ def check_config(cfg: DictConfig) -> int | None:
     collect(check_optimization, cfg)
     if not cfg.get("ckpt_path"):
         collect(lambda: task_class(cfg.task.get("name")).check_topology(cfg.model.get("topology")))
+        collect(check_task_decoding, cfg.get("task"))
         max_params = collect(check_max_params, cfg.get("max_params"))
         collect(check_model, plain(cfg.model), max_params)
     problems.raise_if_any()
     return max_params
+
+
+def check_task_decoding(task_cfg: DictConfig | None) -> None:
+    """seq2seq's ``task.metrics`` (each a metric it scores, the unknown ones listed with those it has) and beam
+    settings, before any data is read (the task checks them again when built)."""
+    if task_cfg is None or task_cfg.get("name") != "seq2seq":
+        return
+    given = plain(task_cfg)
+    keys = ("metrics", "num_beams", "test_num_beams", "length_penalty")
+    check_decoding(**{key: given[key] for key in keys if key in given})
 
 
 # --------------------------------------------------------------------------------- the model before its weights
