@@ -337,3 +337,13 @@ def test_the_readme_example_runs_as_shown(tmp_path):
                                 env=env)  # fmt: skip
         assert result.returncode == (1 if "error:" in shown else 0), result.stderr
         assert rows(result.stdout + result.stderr) == rows(shown)
+
+
+def test_a_broken_block_in_one_layer_of_a_pattern_is_blamed_at_its_pattern_entry():
+    model = build(["model=llama_tiny", "model.max_len=64", "model.pattern=[{}, {attention: {block: peek_ahead_test}}]"])
+    result = only(model, "causality")
+    assert result.status == "fail"
+    assert (
+        result.blame
+        == "decoder.layers.1.attn (model.layer.nodes.attn: attention peek_ahead_test at model.pattern[1].attention)"
+    )
