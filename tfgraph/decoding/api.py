@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from tfgraph.decoding.cpu import choose_linear, linear_kernel
 from tfgraph.decoding.logits import sampling_scores
-from tfgraph.decoding.options import DecodingOptions, Strategy, check_settings, options_doc
+from tfgraph.decoding.options import CpuLinear, DecodingOptions, Strategy, check_settings, options_doc
 from tfgraph.decoding.search import SeenTokens, beam_search, token_search
 from tfgraph.decoding.session import Session
 
@@ -66,7 +66,7 @@ def generate(
     generator: torch.Generator | None = None,
     streamer: Callable[[Tensor], None] | None = None,
     output_logits: bool = False,
-    cpu_linear: str = "auto",
+    cpu_linear: CpuLinear = "auto",
     compile: bool = False,
 ) -> GenerateOutput:
     """Generate tokens from a tfgraph model (``decoder_only``: continue the prompts; ``encoder_decoder``: decode
@@ -98,19 +98,19 @@ def generate(
     rows = input_ids.shape[0] * options.rows_per_input
     with _eval_mode(model):
         kernel = choose_linear(model, rows=rows, wanted=options.cpu_linear, use_cache=options.use_cache).kernel
-    with _eval_mode(model), linear_kernel(kernel):
-        session = Session(
-            model,
-            input_ids,
-            attention_mask,
-            max_new_tokens=max_new_tokens,
-            use_cache=options.use_cache,
-            decoder_start_token_id=options.decoder_start_token_id,
-            expand=options.rows_per_input,
-            compile=options.compile,
-        )
-        penalty = _seen_tokens(model, session, input_ids, attention_mask, options)
-        return _search(session, options, batch_size=input_ids.shape[0], stop_ids=stop_ids, penalty=penalty)
+        with linear_kernel(kernel):
+            session = Session(
+                model,
+                input_ids,
+                attention_mask,
+                max_new_tokens=max_new_tokens,
+                use_cache=options.use_cache,
+                decoder_start_token_id=options.decoder_start_token_id,
+                expand=options.rows_per_input,
+                compile=options.compile,
+            )
+            penalty = _seen_tokens(model, session, input_ids, attention_mask, options)
+            return _search(session, options, batch_size=input_ids.shape[0], stop_ids=stop_ids, penalty=penalty)
 
 
 if generate.__doc__:  # (python -OO drops docstrings)

@@ -28,6 +28,8 @@ from tfgraph.registry import Finite, Positive
 
 Strategy = Literal["greedy", "sample", "beam"]
 STRATEGIES: tuple[Strategy, ...] = ("greedy", "sample", "beam")
+CpuLinear = Literal["auto", "onednn", "pytorch"]  # the kernel of a float32 CPU model's linear layers
+CPU_LINEAR: tuple[CpuLinear, ...] = ("auto", "onednn", "pytorch")
 ANY: tuple[Strategy, ...] = STRATEGIES
 SAMPLE: tuple[Strategy, ...] = ("sample",)
 BEAM: tuple[Strategy, ...] = ("beam",)
@@ -220,12 +222,12 @@ class DecodingOptions:
         applies=STEPWISE,
         why="beams change until the end",
     )
-    cpu_linear: str = _option(
+    cpu_linear: CpuLinear = _option(
         "auto",
         doc='float32 CPU models: the kernel of the linear layers, ``"auto"`` (the faster of the two on this machine, '
         'timed the first time a model of these shapes generates, :mod:`~tfgraph.decoding.cpu`), ``"onednn"`` or '
         '``"pytorch"`` (the results differ by float rounding only).',
-        rule=Rule(lambda k: k in ("auto", "onednn", "pytorch"), "must be 'auto', 'onednn' or 'pytorch'"),
+        rule=Rule(lambda k: k in CPU_LINEAR, "must be 'auto', 'onednn' or 'pytorch'"),
         key=Any,
     )
     compile: bool = _option(
