@@ -64,7 +64,7 @@ SIZES = {  # tfgraph preset -> the Hugging Face GPT2Config of the same architect
     "gpt2_tiny": {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 512, "n_positions": 256, "bos_token_id": 0,
                   "eos_token_id": 0},
 }  # fmt: skip
-REPEAT = {"gpt2": 1, "gpt2_tiny": 10}  # generations per timed call (a tiny one takes milliseconds)
+REPEAT = {"gpt2": 1, "gpt2_tiny": 3}  # generations per timed call (a tiny one takes milliseconds)
 INIT_RANGE = {"gpt2": 0.02, "gpt2_tiny": 0.2}  # tiny at 0.02 has near-uniform logits: ties decided by rounding
 LABELS = {
     "hf": "Hugging Face `generate(use_cache=True)`",
@@ -373,7 +373,7 @@ def environment() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds for gpt2 (default 8)")
-    parser.add_argument("--tiny-rounds", type=int, default=30, help="interleaved rounds for gpt2_tiny (default 30)")
+    parser.add_argument("--tiny-rounds", type=int, default=12, help="interleaved rounds for gpt2_tiny (default 12)")
     parser.add_argument("--no-cache-rounds", type=int, default=1, help="gpt2 rounds with use_cache=False (default 1)")
     parser.add_argument("--max-other-cpu", type=float, default=0.05, help="others' CPU share of an uncontended call")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="model sizes to time")
