@@ -8,7 +8,6 @@ never code (:mod:`tfgraph.tasks.checkpoint`): what it may import needs ``trust_p
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytorch_lightning as pl
@@ -17,6 +16,7 @@ from omegaconf import DictConfig
 from tfgraph.config import plain, prepare_output_dir
 from tfgraph.registry import ConfigError, load_plugins
 from tfgraph.run_data import checkpoint_datamodule, has_split, set_up
+from tfgraph.sweeps import write_json
 from tfgraph.tasks import load_checkpoint, load_task, trust_options
 from tfgraph.trainer import build_trainer, format_metrics, scalars
 
@@ -61,6 +61,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run(task, datamodule=datamodule, verbose=False)
     metrics = scalars(trainer.callback_metrics, prefix=f"{cfg.split}/")
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(output_dir / "metrics.json", metrics)  # whole or not at all: a temporary file, then os.replace
     log.info("%s metrics of %s: %s", cfg.split, cfg.ckpt_path, format_metrics(metrics))
     return metrics
