@@ -89,6 +89,8 @@ def test_real_timing_of_both_kernels():
     assert set(step_ms) == set(cpu.KERNELS) and all(ms > 0 for ms in step_ms.values())
     choice = cpu.choose_linear(model, rows=2, steps=2)
     assert choice.reason == "measured" and choice.kernel == min(choice.step_ms, key=choice.step_ms.get)
+    short = build(["model=gpt2_tiny", "model.init_std=0.1", "model.max_len=8"]).eval()  # the timing fits its context
+    assert set(cpu.time_decode_steps(short, rows=1)) == set(cpu.KERNELS)
 
 
 @needs_onednn

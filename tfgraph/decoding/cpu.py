@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from tfgraph.decoding.session import Session
+
 Kernel = Literal["onednn", "pytorch"]
 KERNELS: tuple[Kernel, ...] = ("onednn", "pytorch")
 REMEMBER_ENV = "TFGRAPH_REMEMBER_CPU_LINEAR"  # "1": remember the choices on disk too
@@ -196,27 +198,26 @@ def time_decode_steps(
     """The median wall time in milliseconds of a one-token decode step of ``model``, per kernel.
 
     One session of ``rows`` one-token prompts (encoder-decoder: one-token sources) feeds a step under each kernel in
-    turn, so both see the same cache lengths and the same load on the machine.
+    turn, so both see the same cache lengths and the same load on the machine; the first step of each is a warm-up,
+    and the session stays within the model's ``max_len``.
     """
-    from tfgraph.decoding.session import Session  # (the session imports nothing of this module)
-
-    wanted = steps or MAX_STEPS
-    most = 2 + wanted * len(KERNELS)
+    limit = max(1, min(steps or MAX_STEPS, (getattr(model, "max_len", 1 << 20) - 3) // len(KERNELS)))
+    least = min(steps or MIN_STEPS, limit)
+    fed = 3 + limit * len(KERNELS)  # the prompt, a warm-up step per kernel, then the timed steps
     prompt = torch.zeros(rows, 1, dtype=torch.long, device=next(model.parameters()).device)
-    session = Session(model, prompt, None, max_new_tokens=most + 1, use_cache=use_cache, decoder_start_token_id=0)
+    session = Session(model, prompt, None, max_new_tokens=fed, use_cache=use_cache, decoder_start_token_id=0)
     tokens = session.first().argmax(-1)
     modes = {kernel: linear_kernel(kernel) for kernel in KERNELS}
     times: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
     start = time.perf_counter()
-    for step in range(most // len(KERNELS)):
+    for step in range(limit + 1):
         for kernel in KERNELS:
             with modes[kernel]:
                 began = time.perf_counter()
                 session.step(tokens)
                 if step:  # the first step of each is a warm-up
                     times[kernel].append(time.perf_counter() - began)
-        done = step >= (steps or MIN_STEPS)
-        if done and (steps is not None or time.perf_counter() - start > MIN_SECONDS):
+        if step >= least and (steps is not None or time.perf_counter() - start > MIN_SECONDS):
             break
     return {kernel: 1e3 * statistics.median(t) for kernel, t in times.items()}
 
