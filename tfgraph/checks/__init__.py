@@ -14,6 +14,7 @@ state_dict     the state dict through ``torch.save`` / ``torch.load(weights_only
 gradients      every trainable parameter gets a finite, non-zero gradient from the task's training loss
 determinism    a forward with dropout off gives exactly the same output twice
 counts         parameters and FLOPs per token as ``tfgraph-show`` prints them; meta count == built model's
+hf_export      exported to the Hugging Face architecture that expresses it and imported again, the same output
 =============  ========================================================================================
 
 A check is a function ``(Subject) -> Outcome`` registered with :func:`register_check`; the modules of
@@ -47,8 +48,8 @@ from tfgraph.checks.base import (
 from tfgraph.config import plain
 from tfgraph.registry import ConfigError, Problems, load_plugins, suggest
 
-# The modules whose import registers checks, in the order their checks run. The Hugging Face export round trip
-# (tfgraph.interop) joins this list once it exists: a module of its own that registers "hf_export".
+# The modules whose import registers checks, in the order their checks run: the equivalence checks, then the
+# Hugging Face export round trip (over tfgraph.interop). A module of checks of its own joins this list.
 CHECK_MODULES = ("tfgraph.checks.equivalence", "tfgraph.checks.hf_export")
 
 SMALL = {"head_size": 16, "n_heads": 4, "n_layers": 2, "vocab_size": 512, "max_len": 64, "seq_len": 12}
