@@ -468,5 +468,4 @@ def counts(subject: Subject) -> Outcome:
     return Outcome(passed=True, figure=figure, value=float(full.num_parameters()))
 
 
-# The Hugging Face export round trip (tfgraph.interop: to_hf, then from_hf, the same outputs) registers here,
-# after these: see tfgraph.checks.CHECK_MODULES.
+# The Hugging Face export round trip runs after these (tfgraph.checks.hf_export; see tfgraph.checks.CHECK_MODULES).
