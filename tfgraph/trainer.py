@@ -1,4 +1,4 @@
-"""The Lightning Trainer a config describes, and its metrics as floats.
+"""The Lightning Trainer a config describes, and its metrics as floats (:func:`scalars`).
 
 :func:`build_trainer` instantiates ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` and the loggers of
 ``cfg.logger``, adds the callbacks every tfgraph run has (:mod:`tfgraph.tasks.callbacks`) and writes every
@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +30,9 @@ from tfgraph.tasks.callbacks import (
     ProgressLog,
     StopOnDivergence,
     ValidateAtLastStep,
+)
+from tfgraph.tasks.callbacks import (
+    scalars as scalars,  # tfgraph.trainer.scalars, as before
 )
 from tfgraph.tasks.summary import ModelSummary as TfgraphModelSummary
 
@@ -58,8 +60,10 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         callbacks.append(TfgraphModelSummary())
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    progress = [c for c in callbacks if isinstance(c, ProgressLog)] or [ProgressLog()]  # callbacks.progress_log's
+    callbacks = [c for c in callbacks if not isinstance(c, ProgressLog)]
     # first: it sees each step's loss before a checkpoint of that step is taken
-    callbacks = [StopOnDivergence(), *callbacks, ValidateAtLastStep(), ProgressLog()]
+    callbacks = [StopOnDivergence(), *callbacks, ValidateAtLastStep(), *progress]
     callbacks += [ContinueLogs()] if loggers else []
     check_accelerator(cfg.trainer)
     quiet_lightning()
@@ -140,15 +144,6 @@ def instantiate_part(node: Any, path: str, kind: type) -> Any:
     if not isinstance(part, kind):
         raise ConfigError.at(path, f"{node._target_} is not a {kind.__name__}")
     return part
-
-
-def scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Lightning's logged metrics (tensors) as floats, those starting with ``prefix``."""
-    return {
-        key: float(value)
-        for key, value in metrics.items()
-        if key.startswith(prefix) and (not isinstance(value, torch.Tensor) or value.numel() == 1)
-    }
 
 
 def format_metrics(metrics: Mapping[str, float], prefix: str = "") -> str:

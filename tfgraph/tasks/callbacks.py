@@ -7,8 +7,9 @@
 - :class:`StopOnDivergence` stops a run whose loss (or weights) stop being finite, before any checkpoint holds
   them, with :class:`TrainingDiverged`.
 - :class:`StepProgressBar`: Rich's bar over the run's steps (``1250/2000``, its rate and time left).
-- :class:`ProgressLog` logs ``step N/max_steps``, the loss, the rate and the time left every 30 s where no progress
-  bar shows (output piped to a file), and why a run stopped before ``max_steps``.
+- :class:`ProgressLog` logs ``step N/max_steps``, the loss, the rate and the time left every 30 s (``every_seconds``)
+  and each validation's metrics where no progress bar shows (output piped to a file), and why a run stopped
+  before ``max_steps``.
 - :class:`ValidateAtLastStep` validates after the last step; :class:`ContinueLogs` has the loggers of a run
   resumed into its own dir continue its earlier logs (:mod:`tfgraph.tasks.loggers`).
 """
@@ -247,12 +248,19 @@ class StepProgressBar(RichProgressBar):
 class ProgressLog(Callback):
     """Progress a person can read in a log: where no progress bar shows (none configured, or the output piped to
     a file), a line ``step 1250/2000 (62%), loss 1.234, 5.2 steps/s, 2m24s left`` at most every ``every_seconds``
-    and at the last step; and, in any run, a line saying why it stopped before ``trainer.max_steps`` (early
-    stopping, with the metric it watched, or another callback)."""
+    and at the last step, and after each validation one with its metrics and how long it took
+    (``validation at step 1250: val/loss 1.234, val/perplexity 3.43 (4.1 s)``); and, in any run, a line saying
+    why it stopped before ``trainer.max_steps`` (early stopping, with the metric it watched, or another callback).
+
+    Args:
+        every_seconds: the least time between two step lines (0: a line at every step).
+    """
 
     def __init__(self, *, every_seconds: float = 30.0) -> None:
+        if not every_seconds >= 0:
+            raise ValueError(f"every_seconds must be a number of seconds >= 0, got {every_seconds!r}")
         self.every_seconds = every_seconds
-        self._start = self._last = 0.0
+        self._start = self._last = self._validation_start = 0.0
         self._first_step = 0
         self._logs = False  # whether this process logs the lines: rank 0, and no bar shows
 
@@ -270,6 +278,15 @@ class ProgressLog(Callback):
         self._last = now
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         log.info("%s", progress_line(trainer.global_step, trainer.max_steps, self._first_step, now - self._start, loss))
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_start = time.monotonic()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._logs or trainer.sanity_checking:
+            return
+        seconds = time.monotonic() - self._validation_start
+        log.info("%s", validation_line(trainer.global_step, scalars(trainer.callback_metrics, "val/"), seconds))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step, max_steps = trainer.global_step, trainer.max_steps
@@ -294,6 +311,21 @@ def progress_line(step: int, max_steps: int, first_step: int, seconds: float, lo
         if max_steps > step:
             parts.append(f"{_duration((max_steps - step) / rate)} left")
     return ", ".join(parts)
+
+
+def validation_line(step: int, metrics: Mapping[str, float], seconds: float) -> str:
+    """``validation at step 1250: val/loss 1.234, val/perplexity 3.43 (4.1 s)``: the metrics sorted by name."""
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()))
+    return f"validation at step {step}: {shown or 'no metrics'} ({seconds:.1f} s)"
+
+
+def scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Lightning's logged metrics (tensors) as floats, those starting with ``prefix``."""
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if key.startswith(prefix) and (not isinstance(value, torch.Tensor) or value.numel() == 1)
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -455,6 +487,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "ContinueLogs",
     "LastCheckpoint",
+    "ProgressLog",
     "StopOnDivergence",
     "TrainingDiverged",
     "ValidateAtLastStep",
