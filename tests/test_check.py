@@ -250,6 +250,7 @@ def test_a_failure_is_reported_not_raised_from_python():
         ("check.only=[cach]", "check.only[0]", "did you mean 'cache'"),
         ("check.batch=1", "check.batch", "at least 2"),
         ("seed=x", "seed", "expected an integer"),
+        ("check.json=/no/such/folder/c.json", "check.json", "no folder /no/such/folder"),
         ("model=t5_tiny task=causal_lm", "model.topology", "task causal_lm does not fit"),
         (
             "check.n_heads=3 check.d_model=64",

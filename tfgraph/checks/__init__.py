@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,8 +132,6 @@ def check(cfg: DictConfig | Mapping[str, Any]) -> CheckReport:
     )
     report = CheckReport(run_checks(subject, names), describe(full_cfg, small, subject.seq_len))
     if options["json"] is not None:
-        from pathlib import Path
-
         Path(options["json"]).write_text(report.to_json() + "\n", encoding="utf-8")
     return report
 
@@ -177,6 +176,9 @@ def check_options(cfg: DictConfig) -> dict[str, Any]:
     for key, (_, expected) in RUN_OPTIONS.items():
         if not _valid(key, options[key]):
             problems.add(f"check.{key}", f"expected {expected}, got {options[key]!r}")
+    out = options["json"]
+    if isinstance(out, str) and not Path(out).resolve().parent.is_dir():
+        problems.add("check.json", f"cannot write {out}: no folder {Path(out).resolve().parent}")
     seed = cfg.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         problems.add("seed", f"expected an integer, got {seed!r}")
