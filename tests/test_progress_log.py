@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from pytorch_lightning.callbacks import ProgressBar
 
 import tfgraph
 from tests.conftest import tiny_text_run
-from tfgraph.tasks.callbacks import ProgressLog, validation_line
+from tfgraph.tasks.callbacks import ProgressLog, StepProgressBar, validation_line
 from tfgraph.trainer import build_trainer
 
 
@@ -47,3 +48,12 @@ def test_the_trainer_has_one_progress_log_from_the_config(tmp_path: Path) -> Non
     assert progress("callbacks=none") == [30]  # every run has one
     with pytest.raises(tfgraph.ConfigError, match=r"callbacks.progress_log: every_seconds must be .* >= 0, got -1"):
         progress("callbacks.progress_log.every_seconds=-1")
+
+
+def test_a_run_without_a_bar_of_its_own_gets_the_step_bar(tmp_path: Path) -> None:
+    def bars(*overrides: str) -> list[type]:
+        cfg = tfgraph.compose(["trainer.accelerator=cpu", f"paths.output_dir={tmp_path}", *overrides])
+        return [type(c) for c in build_trainer(cfg).callbacks if isinstance(c, ProgressBar)]
+
+    assert bars() == bars("callbacks=none") == [StepProgressBar]  # not Lightning's TQDM bar, "Epoch 3/-2"
+    assert bars("callbacks=none", "trainer.enable_progress_bar=false") == []

@@ -28,6 +28,7 @@ from tfgraph.tasks.callbacks import (
     AtomicCheckpointIO,
     ContinueLogs,
     ProgressLog,
+    StepProgressBar,
     StopOnDivergence,
     ValidateAtLastStep,
 )
@@ -54,6 +55,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     loggers = [instantiate_part(node, f"logger.{name}", Logger) for name, node in _entries(cfg, "logger")]
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    elif not any(isinstance(c, ProgressBar) for c in callbacks):  # the run's steps, not Lightning's "Epoch 3/-2"
+        callbacks.append(StepProgressBar())
     if cfg.trainer.get("enable_model_summary") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     elif not any(isinstance(c, ModelSummary) for c in callbacks):  # tfgraph's FLOPs where Lightning counts 0
