@@ -15,7 +15,14 @@ from tests.conftest import tiny_text_run
 from tfgraph.tasks.summary import RichModelSummary
 from tfgraph.trainer import build_trainer, quiet_lightning
 
-NOISE = ("Tip:", "litlogger", "Trainer already configured with model summary callbacks", "LeafSpec", "Total FLOPs")
+NOISE = (
+    "Tip:",
+    "litlogger",
+    "Trainer already configured with model summary callbacks",
+    "LeafSpec",
+    "Total FLOPs",
+    "You have overridden `on_before_batch_transfer`",
+)
 
 
 def test_lightning_s_pytree_warns_of_leafspec_until_quietened() -> None:
