@@ -125,7 +125,7 @@ def baseline(corpus: str, out: Path, tokenizer: str) -> int:
     ``out``; the number of tokens."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_str(json.dumps(json.loads(Path(tokenizer).read_text())["tokenizer"]))
+    tok = Tokenizer.from_file(str(tokenizer))  # a run's tokenizer.json is a file of the tokenizers library
     tokens = 0
 
     def flush(batch: list[str], file: Any) -> int:
@@ -293,8 +293,10 @@ def step(kind: str, corpus: str, cache: str, tokenizer: str) -> dict:
         dm.prepare_data()
     seconds = time.perf_counter() - start
     folder, meta = dm.prepare_and_open()
-    if kind == "prepare":
-        shutil.copy(folder / "tokenizer.json", tokenizer)
+    if kind == "prepare":  # the tokenizer file and its kind beside it, as a run dir holds them
+        from tfgraph.data.tokenizers import load_tokenizer
+
+        load_tokenizer(folder / "tokenizer.json").save(tokenizer)
     return {"seconds": seconds, "tokens": sum(meta["tokens"].values()), "peak_rss_mb": peak_rss_mb()}
 
 
