@@ -87,7 +87,7 @@ SHOW = [
 
 TRAIN = [
     case("train", "model/norm=rmsnrom", says=("model/norm", "did you mean 'rmsnorm'")),
-    case("train", "logger=wandb", says=("logger", "csv")),
+    case("train", "logger=comet", says=("logger", "csv")),
     case("train", "task=causal", says=("task", "causal_lm")),
     case("train", "trainer.max_step=100", says=("trainer.max_step", "max_steps")),
     train("+trainer.max_step=100", says=("trainer.max_step", "max_steps")),
