@@ -96,3 +96,11 @@ def test_a_run_s_tokenizer_json_is_its_checkpoint_s_tokenizer(tmp_path: Path) ->
     text = "to be or not to be, that is the question? 1"
     assert hf.encode(text, add_special_tokens=False).ids == stored.encode(text)
     assert load_tokenizer(tmp_path / "run" / "tokenizer.json").to_json() == stored.to_json()
+
+
+def test_the_library_reads_a_special_token_spelt_out_in_a_text_as_the_readme_says(tmp_path: Path) -> None:
+    char = build_tokenizer("char", ["<pad> and <eos>"])
+    char.save(tmp_path / "tokenizer.json")
+    hf = LibTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert hf.encode("<eos>", add_special_tokens=False).ids == [3]  # as every tokenizer of that library
+    assert char.encode("<eos>") == [char.encode(c)[0] for c in "<eos>"]  # tfgraph's: its five characters
