@@ -343,7 +343,7 @@ def test_onednn_linear_computes_f_linear():
 
     model = build(["model=gpt2_tiny", "model.init_std=0.1"])
     prompt = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
-    fast = generate(model, prompt, max_new_tokens=6, output_logits=True)
+    fast = generate(model, prompt, max_new_tokens=6, output_logits=True, cpu_linear="onednn")
     plain = generate(model, prompt, max_new_tokens=6, output_logits=True, cpu_linear="pytorch")
     assert torch.equal(fast.sequences, plain.sequences)
     torch.testing.assert_close(fast.logits, plain.logits, rtol=0, atol=1e-5)
@@ -352,7 +352,7 @@ def test_onednn_linear_computes_f_linear():
 def fast_and_plain(model: nn.Module) -> tuple:
     prompt = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
     return (
-        generate(model, prompt, max_new_tokens=6, output_logits=True),
+        generate(model, prompt, max_new_tokens=6, output_logits=True, cpu_linear="onednn"),
         generate(model, prompt, max_new_tokens=6, output_logits=True, cpu_linear="pytorch"),
     )
 
