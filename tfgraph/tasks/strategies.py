@@ -15,6 +15,8 @@ for testing the sharded code paths.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,8 +43,28 @@ def close_spawned_group(start_method: str | None) -> None:
         dist.destroy_process_group()
 
 
+class CleanExitLauncher(_MultiProcessingLauncher):
+    """Lightning's spawning launcher whose workers, once their results are handed over, end at once
+    (``os._exit(0)`` after flushing the streams and logs) instead of running the interpreter's exit: a C++ thread
+    still alive there (gloo's) aborts the process with ``terminate called without an active exception`` after the
+    stage itself has finished, intermittently, even with the process group destroyed."""
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        super()._wrapping_function(*args, **kwargs)
+        if self._start_method == "spawn":
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(0)
+
+
 class SpawnedDDP(DDPStrategy):
-    """DDP whose workers close their process group at teardown (``trainer=ddp_sim``)."""
+    """DDP whose workers close their process group at teardown and exit cleanly (``trainer=ddp_sim``)."""
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if self._start_method == "spawn":
+            self._launcher = CleanExitLauncher(self, start_method=self._start_method)
 
     def teardown(self) -> None:
         super().teardown()
@@ -74,7 +96,7 @@ def mixed_precision_policy(cfg: Mapping[str, Any] | None, path: str = "trainer.s
     return MixedPrecision(**{key: getattr(torch, value) for key, value in cfg.items() if value is not None})
 
 
-class SpawnedFSDPLauncher(_MultiProcessingLauncher):
+class SpawnedFSDPLauncher(CleanExitLauncher):
     """Lightning's spawning launcher, handing the main process the whole model gathered from the shards (its own
     hands over ``lightning_module.state_dict()``, which under FSDP holds each rank's 1-D shards)."""
 
