@@ -157,6 +157,32 @@ def _rope_out(position: Mapping[str, Any], *, with_fraction: bool = False) -> di
     return {"rope_parameters": params, "rope_theta": params["rope_theta"]}
 
 
+# the sizes that Llama's, GPT-NeoX's and BERT's configs name alike: tfgraph key -> config.json key
+HF_SIZES = {
+    "d_model": "hidden_size",
+    "n_heads": "num_attention_heads",
+    "n_layers": "num_hidden_layers",
+    "d_ff": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "max_len": "max_position_embeddings",
+}
+
+
+def _sizes_in(hf: HFConfig, names: Mapping[str, str] = HF_SIZES) -> dict[str, Any]:
+    """The model sizes of an HF config, each required (``names``: tfgraph key -> config.json key)."""
+    return {ours: hf.require(theirs) for ours, theirs in names.items()}
+
+
+def _sizes_out(cfg: Mapping[str, Any], names: Mapping[str, str] = HF_SIZES) -> dict[str, Any]:
+    """The model sizes of a tfgraph model config under their HF names (``names`` as for :func:`_sizes_in`)."""
+    return {theirs: cfg[ours] for ours, theirs in names.items()}
+
+
+def _exported_activation(ffn: Mapping[str, Any], default: str) -> str:
+    """The HF name of an ffn part's activation (``?``, which no HF config holds, for one HF has no name for)."""
+    return EXPORTED_ACTIVATIONS.get(ffn.get("activation", default), "?")
+
+
 def _tied_keys(prefixless: str) -> dict[str, str]:
     return {prefixless: "the head's weight, tied to the embedding (tie_word_embeddings)"}
 
@@ -164,18 +190,23 @@ def _tied_keys(prefixless: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------------ GPT-2
 
 
+GPT2_SIZES = {
+    "d_model": "n_embd",
+    "n_heads": "n_head",
+    "n_layers": "n_layer",
+    "vocab_size": "vocab_size",
+    "max_len": "n_positions",
+}
+
+
 def _gpt2_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
     hf.expect("scale_attn_weights", True, True)
     hf.expect("scale_attn_by_inverse_layer_idx", False, False)
     hf.expect("add_cross_attention", False, False)
-    d_model = hf.require("n_embd")
+    sizes = _sizes_in(hf, GPT2_SIZES)
     return ["model=gpt2"], {
-        "d_model": d_model,
-        "n_heads": hf.require("n_head"),
-        "n_layers": hf.require("n_layer"),
-        "d_ff": hf.get("n_inner") or 4 * (d_model or 0),
-        "vocab_size": hf.require("vocab_size"),
-        "max_len": hf.require("n_positions"),
+        **sizes,
+        "d_ff": hf.get("n_inner") or 4 * (sizes["d_model"] or 0),
         "dropout": float(hf.get("resid_pdrop", 0.1)),
         "norm": {"block": "layernorm", "eps": float(hf.get("layer_norm_epsilon", 1e-5))},
         "ffn": {"block": "mlp", "activation": hf.activation("activation_function", "gelu_new")},
@@ -186,13 +217,9 @@ def _gpt2_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
 def _gpt2_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
     dropout = float(cfg.get("dropout", 0.0))
     return {
-        "n_embd": cfg["d_model"],
-        "n_head": cfg["n_heads"],
-        "n_layer": cfg["n_layers"],
+        **_sizes_out(cfg, GPT2_SIZES),
         "n_inner": cfg["d_ff"],
-        "vocab_size": cfg["vocab_size"],
-        "n_positions": cfg["max_len"],
-        "activation_function": EXPORTED_ACTIVATIONS.get(_part(cfg, "ffn").get("activation", "gelu"), "?"),
+        "activation_function": _exported_activation(_part(cfg, "ffn"), "gelu"),
         "layer_norm_epsilon": float(_part(cfg, "norm").get("eps", 1e-5)),
         "resid_pdrop": dropout,
         "embd_pdrop": dropout,
@@ -252,20 +279,16 @@ ROTARY_BUFFERS = {r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq": "rotar
 
 
 def _llama_like_in(hf: HFConfig, attention: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    d_model, n_heads = hf.require("hidden_size"), hf.require("num_attention_heads")
+    sizes = _sizes_in(hf)
+    d_model, n_heads = sizes["d_model"], sizes["n_heads"]
     head_dim = hf.get("head_dim")
     if d_model and n_heads and head_dim == d_model // n_heads:
         head_dim = None
     mlp_bias = bool(hf.get("mlp_bias", False))
     return ["model=llama"], {
-        "d_model": d_model,
-        "n_heads": n_heads,
+        **sizes,
         "n_kv_heads": hf.get("num_key_value_heads", n_heads),
         "head_dim": head_dim,
-        "n_layers": hf.require("num_hidden_layers"),
-        "d_ff": hf.require("intermediate_size"),
-        "vocab_size": hf.require("vocab_size"),
-        "max_len": hf.require("max_position_embeddings"),
         "dropout": float(hf.get("attention_dropout", 0.0)),
         "norm": {"block": "rmsnorm", "eps": float(hf.get("rms_norm_eps", 1e-6))},
         "ffn": {"block": "gated", "activation": hf.activation("hidden_act", "silu"), "bias": mlp_bias},
@@ -276,20 +299,15 @@ def _llama_like_in(hf: HFConfig, attention: dict[str, Any]) -> tuple[list[str], 
 
 
 def _llama_like_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    n_heads, n_kv, head_dim = _heads(cfg)
+    _, n_kv, head_dim = _heads(cfg)
     ffn, norm = _part(cfg, "ffn"), _part(cfg, "norm")
     return {
-        "hidden_size": cfg["d_model"],
-        "num_attention_heads": n_heads,
+        **_sizes_out(cfg),
         "num_key_value_heads": n_kv,
         "head_dim": head_dim,
-        "num_hidden_layers": cfg["n_layers"],
-        "intermediate_size": cfg["d_ff"],
-        "vocab_size": cfg["vocab_size"],
-        "max_position_embeddings": cfg["max_len"],
         "attention_dropout": float(cfg.get("dropout", 0.0)),
         "rms_norm_eps": float(norm.get("eps", 1e-6)),
-        "hidden_act": EXPORTED_ACTIVATIONS.get(ffn.get("activation", "silu"), "?"),
+        "hidden_act": _exported_activation(ffn, "silu"),
         "mlp_bias": bool(ffn.get("bias", False)),
         "tie_word_embeddings": bool(cfg.get("tie_embeddings", False)),
         **_rope_out(_part(cfg, "position")),
@@ -318,12 +336,17 @@ def _mistral_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {**_llama_like_out(cfg), "sliding_window": window}
 
 
-def _qwen2_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
+def _qwen_in(hf: HFConfig, attention: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Qwen2's and Qwen3's config: Llama's, with every layer attending in full (sliding-window layers refused)."""
     hf.expect("use_sliding_window", False, False)
     layer_types = hf.get("layer_types", [])
     if any(t != "full_attention" for t in layer_types):
         hf.refuse("layer_types", f"only full_attention layers are supported, got {sorted(set(layer_types))}")
-    return _llama_like_in(hf, {"block": "multihead", "qkv_bias": True, "out_bias": False})
+    return _llama_like_in(hf, attention)
+
+
+def _qwen2_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
+    return _qwen_in(hf, {"block": "multihead", "qkv_bias": True, "out_bias": False})
 
 
 def _qwen2_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,17 +354,13 @@ def _qwen2_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _qwen3_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
-    hf.expect("use_sliding_window", False, False)
-    layer_types = hf.get("layer_types", [])
-    if any(t != "full_attention" for t in layer_types):
-        hf.refuse("layer_types", f"only full_attention layers are supported, got {sorted(set(layer_types))}")
     attention = {
         "block": "multihead",
         "bias": bool(hf.get("attention_bias", False)),
         "qk_norm": True,  # RMS-normalised queries and keys per head, before rotary
         "qk_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
     }
-    return _llama_like_in(hf, attention)
+    return _qwen_in(hf, attention)
 
 
 def _qwen3_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -384,12 +403,7 @@ def _neox_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
             "dimensions, an odd number; tfgraph rotates dimensions in pairs",
         )
     return ["model=gpt2", f"model/layer={layer}"], {
-        "d_model": hf.require("hidden_size"),
-        "n_heads": hf.require("num_attention_heads"),
-        "n_layers": hf.require("num_hidden_layers"),
-        "d_ff": hf.require("intermediate_size"),
-        "vocab_size": hf.require("vocab_size"),
-        "max_len": hf.require("max_position_embeddings"),
+        **_sizes_in(hf),
         "dropout": float(hf.get("hidden_dropout", 0.0)),
         "attention": {"block": "multihead", "bias": bias},
         "position": position,
@@ -402,17 +416,12 @@ def _neox_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
 def _neox_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
     nodes = _part(_part(cfg, "layer"), "nodes")
     return {
-        "hidden_size": cfg["d_model"],
-        "num_attention_heads": cfg["n_heads"],
-        "num_hidden_layers": cfg["n_layers"],
-        "intermediate_size": cfg["d_ff"],
-        "vocab_size": cfg["vocab_size"],
-        "max_position_embeddings": cfg["max_len"],
+        **_sizes_out(cfg),
         "hidden_dropout": float(cfg.get("dropout", 0.0)),
         "attention_dropout": float(cfg.get("dropout", 0.0)),
         "attention_bias": bool(_part(cfg, "attention").get("bias", True)),
         "layer_norm_eps": float(_part(cfg, "norm").get("eps", 1e-5)),
-        "hidden_act": EXPORTED_ACTIVATIONS.get(_part(cfg, "ffn").get("activation", "gelu"), "?"),
+        "hidden_act": _exported_activation(_part(cfg, "ffn"), "gelu"),
         "use_parallel_residual": "res1" not in nodes,  # the parallel graph adds both branches at once
         "tie_word_embeddings": bool(cfg.get("tie_embeddings", False)),
         **_rope_out(_part(cfg, "position"), with_fraction=True),
@@ -456,12 +465,7 @@ def _bert_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
     hf.expect("is_decoder", False, False)
     hf.expect("add_cross_attention", False, False)
     return ["model=bert"], {
-        "d_model": hf.require("hidden_size"),
-        "n_heads": hf.require("num_attention_heads"),
-        "n_layers": hf.require("num_hidden_layers"),
-        "d_ff": hf.require("intermediate_size"),
-        "vocab_size": hf.require("vocab_size"),
-        "max_len": hf.require("max_position_embeddings"),
+        **_sizes_in(hf),
         "token_types": hf.get("type_vocab_size", 2),
         "dropout": float(hf.get("hidden_dropout_prob", 0.1)),
         "norm": {"block": "layernorm", "eps": float(hf.get("layer_norm_eps", 1e-12))},
@@ -473,17 +477,12 @@ def _bert_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
 def _bert_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
     dropout = float(cfg.get("dropout", 0.0))
     return {
-        "hidden_size": cfg["d_model"],
-        "num_attention_heads": cfg["n_heads"],
-        "num_hidden_layers": cfg["n_layers"],
-        "intermediate_size": cfg["d_ff"],
-        "vocab_size": cfg["vocab_size"],
-        "max_position_embeddings": cfg["max_len"],
+        **_sizes_out(cfg),
         "type_vocab_size": cfg.get("token_types", 0),
         "hidden_dropout_prob": dropout,
         "attention_probs_dropout_prob": dropout,
         "layer_norm_eps": float(_part(cfg, "norm").get("eps", 1e-5)),
-        "hidden_act": EXPORTED_ACTIVATIONS.get(_part(cfg, "ffn").get("activation", "gelu"), "?"),
+        "hidden_act": _exported_activation(_part(cfg, "ffn"), "gelu"),
         "position_embedding_type": "absolute",
     }
 
@@ -577,7 +576,7 @@ def _t5_in(hf: HFConfig) -> tuple[list[str], dict[str, Any]]:
 
 def _t5_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
     ffn = _part(cfg, "ffn")
-    activation = EXPORTED_ACTIVATIONS.get(ffn.get("activation", "relu"), "?")
+    activation = _exported_activation(ffn, "relu")
     if ffn.get("block") == "gated":
         proj = "gated-gelu" if activation == "gelu_new" else f"gated-{activation}"
     else:
@@ -713,7 +712,7 @@ def _bart_out(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "dropout": float(cfg.get("dropout", 0.0)),
         "attention_dropout": float(cfg.get("dropout", 0.0)),
         "activation_dropout": float(ffn.get("activation_dropout", 0.0)),
-        "activation_function": EXPORTED_ACTIVATIONS.get(ffn.get("activation", "gelu"), "?"),
+        "activation_function": _exported_activation(ffn, "gelu"),
         "scale_embedding": bool(_part(cfg, "embedding").get("scale", False)),
         "tie_word_embeddings": bool(cfg.get("tie_embeddings", True)),
         "is_encoder_decoder": True,
