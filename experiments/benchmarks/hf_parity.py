@@ -31,20 +31,46 @@ VOCAB = 96
 PROMPT, NEW_TOKENS = 6, 12  # generation: prompt length and new tokens (past Mistral's window of 4)
 
 
+# the small sizes every reference shares (unless it sets its own), and the names each transformers config gives them
+SIZES = {"d_model": 48, "n_layers": 2, "n_heads": 4, "d_ff": 96, "max_len": 64}
+LLAMA_NAMES = {
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "d_ff": "intermediate_size",
+    "max_len": "max_position_embeddings",
+}  # Llama's, Mistral's, Qwen's, GPT-NeoX's and BERT's
+GPT2_NAMES = {"d_model": "n_embd", "n_layers": "n_layer", "n_heads": "n_head", "max_len": "n_positions"}
+T5_NAMES = {"d_model": "d_model", "n_layers": "num_layers", "n_heads": "num_heads", "d_ff": "d_ff"}
+BART_NAMES = {
+    "d_model": "d_model",
+    "n_layers": ("encoder_layers", "decoder_layers"),
+    "n_heads": ("encoder_attention_heads", "decoder_attention_heads"),
+    "d_ff": ("encoder_ffn_dim", "decoder_ffn_dim"),
+    "max_len": "max_position_embeddings",
+}
+
+
+def _small(config_class: type, names: dict[str, str | tuple[str, ...]], **settings: Any) -> Any:
+    """A ``transformers`` config of the shared small sizes (:data:`SIZES`, under ``names``: size -> the config's
+    name or names for it) and vocabulary :data:`VOCAB`, then ``settings``, which may set a size of their own."""
+    sizes = {}
+    for size, theirs in names.items():
+        for name in (theirs,) if isinstance(theirs, str) else theirs:
+            sizes[name] = SIZES[size]
+    return config_class(**{**sizes, "vocab_size": VOCAB, **settings})
+
+
 def _references() -> dict[str, Callable[[], Any]]:
     import transformers as T
 
-    small = {"vocab_size": VOCAB}
     return {
-        "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(n_embd=48, n_layer=2, n_head=4, n_positions=64, **small)),
+        "gpt2": lambda: T.GPT2LMHeadModel(_small(T.GPT2Config, GPT2_NAMES)),
         "llama-3.2 (GQA, llama3 rope scaling, tied)": lambda: T.LlamaForCausalLM(
-            T.LlamaConfig(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
+            _small(
+                T.LlamaConfig,
+                LLAMA_NAMES,
                 num_key_value_heads=2,
-                intermediate_size=96,
-                max_position_embeddings=64,
                 tie_word_embeddings=True,
                 rope_parameters={
                     "rope_type": "llama3",
@@ -54,144 +80,50 @@ def _references() -> dict[str, Callable[[], Any]]:
                     "high_freq_factor": 4.0,
                     "original_max_position_embeddings": 8,
                 },
-                **small,
             )
-        ),  # fmt: skip
-        "llama-2 (MHA, untied)": lambda: T.LlamaForCausalLM(
-            T.LlamaConfig(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=96,
-                max_position_embeddings=64,
-                **small,
-            )
-        ),  # fmt: skip
+        ),
+        "llama-2 (MHA, untied)": lambda: T.LlamaForCausalLM(_small(T.LlamaConfig, LLAMA_NAMES)),
         "llama (head_dim 16, yarn)": lambda: T.LlamaForCausalLM(
-            T.LlamaConfig(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
+            _small(
+                T.LlamaConfig,
+                LLAMA_NAMES,
                 num_key_value_heads=1,
                 head_dim=16,
-                intermediate_size=96,
-                max_position_embeddings=64,
                 rope_parameters={
                     "rope_type": "yarn",
                     "rope_theta": 10000.0,
                     "factor": 4.0,
                     "original_max_position_embeddings": 16,
                 },
-                **small,
             )
-        ),  # fmt: skip
+        ),
         "mistral (sliding window 4)": lambda: T.MistralForCausalLM(
-            T.MistralConfig(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=96,
-                max_position_embeddings=64,
-                sliding_window=4,
-                **small,
-            )
-        ),  # fmt: skip
-        "qwen2 (q/k/v bias)": lambda: T.Qwen2ForCausalLM(
-            T.Qwen2Config(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=96,
-                max_position_embeddings=64,
-                **small,
-            )
-        ),  # fmt: skip
+            _small(T.MistralConfig, LLAMA_NAMES, num_key_value_heads=2, sliding_window=4)
+        ),
+        "qwen2 (q/k/v bias)": lambda: T.Qwen2ForCausalLM(_small(T.Qwen2Config, LLAMA_NAMES, num_key_value_heads=2)),
         "qwen3 (qk-norm, head_dim 16)": lambda: T.Qwen3ForCausalLM(
-            T.Qwen3Config(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                head_dim=16,
-                intermediate_size=96,
-                max_position_embeddings=64,
-                rms_norm_eps=1e-5,
-                **small,
-            )
-        ),  # fmt: skip
+            _small(T.Qwen3Config, LLAMA_NAMES, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5)
+        ),
         "gpt-neox (partial rotary, parallel)": lambda: T.GPTNeoXForCausalLM(
-            T.GPTNeoXConfig(
-                hidden_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=96,
-                max_position_embeddings=64,
-                **small,
-            )
-        ),  # fmt: skip
+            _small(T.GPTNeoXConfig, LLAMA_NAMES, hidden_size=64)
+        ),
         "gpt-neox (sequential residual)": lambda: T.GPTNeoXForCausalLM(
-            T.GPTNeoXConfig(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=96,
-                max_position_embeddings=64,
-                use_parallel_residual=False,
-                rotary_pct=0.5,
-                **small,
-            )
-        ),  # fmt: skip
-        "bert (token types)": lambda: T.BertModel(
-            T.BertConfig(
-                hidden_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=96,
-                max_position_embeddings=64,
-                type_vocab_size=2,
-                **small,
-            )
-        ),  # fmt: skip
+            _small(T.GPTNeoXConfig, LLAMA_NAMES, use_parallel_residual=False, rotary_pct=0.5)
+        ),
+        "bert (token types)": lambda: T.BertModel(_small(T.BertConfig, LLAMA_NAMES, type_vocab_size=2)),
         "t5 v1.0 (relu)": lambda: T.T5ForConditionalGeneration(
-            T.T5Config(
-                d_model=48,
-                num_layers=2,
-                num_heads=4,
+            _small(
+                T.T5Config,
+                T5_NAMES,
                 d_kv=12,
-                d_ff=96,
                 relative_attention_num_buckets=8,
                 relative_attention_max_distance=20,
-                **small,
             )
-        ),  # fmt: skip
+        ),
         "t5 v1.1 (gated-gelu, no rescale)": lambda: T.T5ForConditionalGeneration(
-            T.T5Config(
-                d_model=48,
-                num_layers=2,
-                num_heads=4,
-                d_kv=8,
-                d_ff=96,
-                feed_forward_proj="gated-gelu",
-                tie_word_embeddings=False,
-                **small,
-            )
-        ),  # fmt: skip
-        "bart": lambda: T.BartForConditionalGeneration(
-            T.BartConfig(
-                d_model=48,
-                encoder_layers=2,
-                decoder_layers=2,
-                encoder_attention_heads=4,
-                decoder_attention_heads=4,
-                encoder_ffn_dim=96,
-                decoder_ffn_dim=96,
-                max_position_embeddings=64,
-                scale_embedding=True,
-                **small,
-            )
-        ),  # fmt: skip
+            _small(T.T5Config, T5_NAMES, d_kv=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+        ),
+        "bart": lambda: T.BartForConditionalGeneration(_small(T.BartConfig, BART_NAMES, scale_embedding=True)),
     }
 
 
