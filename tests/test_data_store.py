@@ -69,6 +69,29 @@ def test_a_changed_file_or_setting_prepares_again(corpus: Path, tmp_path: Path) 
     assert changed.splits["test"][0].endswith("one more line\n")
 
 
+def test_a_changed_tokenizer_info_prepares_again(corpus: Path, tmp_path: Path) -> None:
+    """The prepared data of ``tokenizer_path`` depends on the ``tokenizer_info.json`` beside it too (the kind the
+    tokenizer is read as): changing it gives a new key, leaving it alone the same one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    trained = text_module(corpus, tmp_path / "first")
+    trained.setup()
+    trained.tokenizer.save(run / "tokenizer.json")
+    info = run / "tokenizer_info.json"
+    assert info.is_file()
+    cache = tmp_path / "cache"
+    base = text_module(corpus, cache, tokenizer_path=str(run / "tokenizer.json"))
+    base.setup()
+    again = text_module(corpus, cache, tokenizer_path=str(run / "tokenizer.json"))
+    again.setup()
+    info.write_text(json.dumps({"kind": trained.tokenizer.kind, "written_by": "another run"}), encoding="utf-8")
+    changed = text_module(corpus, cache, tokenizer_path=str(run / "tokenizer.json"))
+    changed.setup()
+    assert again.prepared_dir == base.prepared_dir
+    assert changed.prepared_dir != base.prepared_dir
+    assert changed.tokenizer.to_json() == base.tokenizer.to_json()
+
+
 def test_a_killed_preparation_leaves_nothing_trusted(
     corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,7 +45,7 @@ from tfgraph.data.examples import (
 )
 from tfgraph.data.synthetic import TASKS as SYNTHETIC_TASKS
 from tfgraph.data.synthetic import synthetic_splits
-from tfgraph.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from tfgraph.data.tokenizers import Tokenizer, build_tokenizer, info_path, load_tokenizer
 
 SPLITS = ("train", "val", "test")
 NOT_IN_KEY = ("name", "batch_size", "num_workers", "pin_memory", "cache_dir")  # settings the prepared data ignores
@@ -245,7 +245,8 @@ class ExamplesDataModule(pl.LightningDataModule):
         return []
 
     def source_files(self) -> list[Path]:
-        """Every file the prepared data depends on: the data files (or the corpus's) and ``tokenizer_path``."""
+        """Every file the prepared data depends on: the data files (or the corpus's), ``tokenizer_path`` and the
+        ``tokenizer_info.json`` beside it (the kind it is read as)."""
         files: list[Path] = []
         if self.source == "file":
             resolve = readers.expand_paths if self.MANY_FILES else readers.check_file
@@ -259,7 +260,8 @@ class ExamplesDataModule(pl.LightningDataModule):
             except DataError:  # not installed: reading it says what to install
                 pass
         if self.tokenizer_path is not None:
-            files.append(readers.check_file(self.tokenizer_path))
+            tokenizer = readers.check_file(self.tokenizer_path)
+            files += [tokenizer] + [info for info in [info_path(tokenizer)] if info.is_file()]
         return files
 
     def cache_root(self) -> Path:
