@@ -29,12 +29,13 @@ def fresh_choices():
 
 
 def fake_timing(monkeypatch, step_ms: dict[str, float]) -> list[int]:
-    """Replace the timing of decode steps by ``step_ms``; returns the list of the rows each timing was asked for."""
+    """Replace the timing of decode steps by ``step_ms`` (their ratio as the median of the pairs'); returns the list
+    of the rows each timing was asked for."""
     asked = []
 
-    def timed(model, *, rows, use_cache=True, steps=None):
+    def timed(model, *, rows, use_cache=True, pairs=None):
         asked.append(rows)
-        return dict(step_ms)
+        return cpu.StepTiming(dict(step_ms), step_ms["onednn"] / step_ms["pytorch"], 8, 0.1)
 
     monkeypatch.setattr(cpu, "time_decode_steps", timed)
     return asked
@@ -50,7 +51,7 @@ def test_the_faster_kernel_is_chosen_once_per_process(monkeypatch, step_ms, fast
     asked = fake_timing(monkeypatch, step_ms)
     model = build(["model=gpt2_tiny", *STD])
     first = cpu.choose_linear(model.eval(), rows=2)
-    assert (first.kernel, first.reason, first.step_ms) == (faster, "measured", step_ms)
+    assert (first.kernel, first.reason, first.step_ms, first.pairs) == (faster, "measured", step_ms, 8)
     again = cpu.choose_linear(model, rows=2)
     assert (again.kernel, again.reason) == (faster, "remembered")
     cpu.choose_linear(model, rows=3)  # another batch: timed again
@@ -61,6 +62,53 @@ def test_the_faster_kernel_is_chosen_once_per_process(monkeypatch, step_ms, fast
     monkeypatch.setattr(api, "linear_kernel", lambda kernel: entered.append(kernel) or cpu.linear_kernel(kernel))
     generate(model, ids(2, 4), max_new_tokens=3)  # generate runs on the remembered choice, timing nothing more
     assert entered == [faster] and asked == [2, 3, 2]
+
+
+@pytest.mark.parametrize(("ratio", "kernel"), [(0.5, "onednn"), (0.89, "onednn"), (0.91, "pytorch"), (1.2, "pytorch")])
+def test_onednn_is_chosen_only_when_faster_by_the_margin(ratio, kernel):
+    assert cpu.StepTiming({}, ratio, 8, 0.1).kernel() == kernel  # MARGIN 0.1: a near tie keeps PyTorch's own
+
+
+@pytest.mark.parametrize(
+    ("ratios", "seconds", "done"),
+    [
+        ([0.5] * 7, 0.5, False),  # fewer than MIN_PAIRS pairs
+        ([0.5] * 8, 0.05, False),  # under MIN_SECONDS
+        ([0.5] * 8, 0.2, True),  # clearly below the threshold
+        ([2.0] * 10 + [0.1] * 2, 0.2, True),  # clearly above it, whatever a burst did to two pairs
+        ([0.85, 0.95] * 10, 0.2, False),  # straddles 0.9: time on
+        ([0.85, 0.95] * 10, cpu.MAX_SECONDS, True),  # ... until the time is up
+        ([0.85, 0.95] * (cpu.MAX_PAIRS // 2), 0.2, True),  # ... or the pairs
+    ],
+)
+def test_the_timing_stops_when_the_choice_is_clear(ratios, seconds, done):
+    assert cpu._enough(ratios, seconds, None) is done
+    assert cpu._enough(ratios, 0.0, len(ratios)) and not cpu._enough(ratios, 10.0, len(ratios) + 1)  # pairs given
+
+
+@needs_onednn
+def test_a_choice_whose_steps_drift_is_timed_again(monkeypatch):
+    asked = fake_timing(monkeypatch, {"onednn": 500.0, "pytorch": 1000.0})  # far slower than the real steps
+    monkeypatch.setattr(cpu, "RETIME_SECONDS", 0.0)
+    model = build(["model=gpt2_tiny", *STD])
+    generate(model, ids(1, 4), max_new_tokens=cpu.MIN_OBSERVED_STEPS)  # timed; too few steps to judge the drift
+    generate(model, ids(1, 4), max_new_tokens=3, cpu_linear="onednn")  # forced: times nothing, judges nothing
+    assert asked == [1] and len(cpu.measurements()) == 1
+    generate(model, ids(1, 4), max_new_tokens=cpu.MIN_OBSERVED_STEPS + 1)  # steps of a fraction of 500 ms: drift
+    assert asked == [1]  # ... judged after the generation
+    generate(model, ids(1, 4), max_new_tokens=3)  # so this one times the kernels again
+    assert asked == [1, 1] and [c.reason for c in cpu.measurements()] == ["measured", "measured"]
+
+    monkeypatch.setattr(cpu, "RETIME_SECONDS", 3600.0)  # at most once an hour: the drift is seen, nothing timed
+    generate(model, ids(1, 4), max_new_tokens=cpu.MIN_OBSERVED_STEPS + 1)
+    generate(model, ids(1, 4), max_new_tokens=3)
+    assert asked == [1, 1]
+
+    choice = cpu.choose_linear(model, rows=1)
+    assert not cpu.observe(choice, steps=100, seconds=100 * 0.6)  # within DRIFT of the timed 500 ms: kept
+    monkeypatch.setattr(cpu, "RETIME_SECONDS", 0.0)
+    assert cpu.observe(choice, steps=100, seconds=100 * 1.2)  # 2.4 times slower: forgotten
+    assert cpu.choose_linear(model, rows=1).reason == "measured"
 
 
 @needs_onednn
@@ -85,12 +133,14 @@ def test_a_model_off_float32_cpu_runs_pytorch_s_kernel(monkeypatch):
 @needs_onednn
 def test_real_timing_of_both_kernels():
     model = build(["model=t5_tiny", *STD]).eval()  # an encoder-decoder: the steps feed its decoder
-    step_ms = cpu.time_decode_steps(model, rows=2, steps=2)
-    assert set(step_ms) == set(cpu.KERNELS) and all(ms > 0 for ms in step_ms.values())
-    choice = cpu.choose_linear(model, rows=2, steps=2)
-    assert choice.reason == "measured" and choice.kernel == min(choice.step_ms, key=choice.step_ms.get)
-    short = build(["model=gpt2_tiny", "model.init_std=0.1", "model.max_len=8"]).eval()  # the timing fits its context
-    assert set(cpu.time_decode_steps(short, rows=1)) == set(cpu.KERNELS)
+    timing = cpu.time_decode_steps(model, rows=2, pairs=2)
+    assert set(timing.step_ms) == set(cpu.KERNELS) and all(ms > 0 for ms in timing.step_ms.values())
+    assert timing.pairs == 2 and timing.ratio > 0
+    choice = cpu.choose_linear(model, rows=2, pairs=2)
+    assert choice.reason == "measured" and choice.pairs == 2
+    assert choice.kernel == ("onednn" if choice.ratio < 1 - cpu.MARGIN else "pytorch")
+    short = build(["model=gpt2_tiny", "model.init_std=0.1", "model.max_len=8"]).eval()  # sessions fit its context:
+    assert cpu.time_decode_steps(short, rows=1, pairs=5).pairs == 5  # two pairs each, then a fresh one
 
 
 @needs_onednn
@@ -109,7 +159,9 @@ def test_choices_are_remembered_on_disk_when_asked(monkeypatch, tmp_path):
 
     cpu.forget_choices()  # a new process on the same machine: read from disk, nothing timed
     asked = fake_timing(monkeypatch, {"onednn": 1.0, "pytorch": 2.0})
-    assert cpu.choose_linear(model, rows=1) == cpu.LinearChoice("pytorch", "on disk", {"onednn": 3.0, "pytorch": 2.0})
+    assert cpu.choose_linear(model, rows=1) == cpu.LinearChoice(
+        "pytorch", "on disk", {"onednn": 3.0, "pytorch": 2.0}, 1.5, 8
+    )
     assert asked == []
 
     (tmp_path / "cpu_linear.json").write_text("{not json")  # a broken file: timed again and written anew

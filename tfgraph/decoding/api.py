@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from tfgraph.decoding.cpu import choose_linear, linear_kernel
+from tfgraph.decoding.cpu import choose_linear, linear_kernel, observe
 from tfgraph.decoding.logits import sampling_scores
 from tfgraph.decoding.options import CpuLinear, DecodingOptions, Strategy, check_settings, options_doc
 from tfgraph.decoding.search import SeenTokens, beam_search, token_search
@@ -75,7 +75,8 @@ def generate(
     The model runs in eval mode for the call (its mode is restored after). Batched prompts of a decoder-only model
     are left-padded, with ``attention_mask`` marking the padding; each row then computes what it would alone. A float32
     model on CPU runs its linear layers on the faster of PyTorch's and oneDNN's kernel, timed on this machine the first
-    time a model of its shapes generates (:mod:`tfgraph.decoding.cpu`).
+    time a model of its shapes generates, and again when a generation's steps drift far from that timing (the load on
+    the machine changed; :mod:`tfgraph.decoding.cpu`).
 
     Args:
         model: a ``decoder_only`` or ``encoder_decoder`` tfgraph model.
@@ -97,8 +98,8 @@ def generate(
         attention_mask = None  # no padding: the fast path
     rows = input_ids.shape[0] * options.rows_per_input
     with _eval_mode(model):
-        kernel = choose_linear(model, rows=rows, wanted=options.cpu_linear, use_cache=options.use_cache).kernel
-        with linear_kernel(kernel):
+        choice = choose_linear(model, rows=rows, wanted=options.cpu_linear, use_cache=options.use_cache)
+        with linear_kernel(choice.kernel):
             session = Session(
                 model,
                 input_ids,
@@ -110,7 +111,10 @@ def generate(
                 compile=options.compile,
             )
             penalty = _seen_tokens(model, session, input_ids, attention_mask, options)
-            return _search(session, options, batch_size=input_ids.shape[0], stop_ids=stop_ids, penalty=penalty)
+            out = _search(session, options, batch_size=input_ids.shape[0], stop_ids=stop_ids, penalty=penalty)
+    if not options.compile:  # steps far slower or faster than timed: the load changed, time the kernels again
+        observe(choice, steps=session.steps, seconds=session.step_seconds)
+    return out
 
 
 if generate.__doc__:  # (python -OO drops docstrings)

@@ -9,11 +9,18 @@ on the AMD EPYC of ``experiments/benchmarks/generate_vs_hf.py`` oneDNN makes GPT
 and ``gpt2_tiny``'s about three times as slow (its matrices are tiny, and routing ``F.linear`` costs Python time on
 every op of the step); on an Intel Xeon oneDNN was slower for GPT-2 small as well.
 
-So nothing is assumed: :func:`choose_linear` times real decode steps of the model under each kernel, interleaved,
-the first time a model of those shapes generates that many rows, and remembers the faster for the process (and, with
+So nothing is assumed: :func:`choose_linear` times real decode steps of the model under each kernel, in pairs, the
+first time a model of those shapes generates that many rows, and remembers the faster for the process (and, with
 ``TFGRAPH_REMEMBER_CPU_LINEAR=1``, in ``cpu_linear.json`` under the tfgraph cache folder, ``$TFGRAPH_CACHE`` or
 ``~/.cache/tfgraph``). :func:`linear_kernel` runs a block of code on the chosen kernel; ``generate(cpu_linear=...)``
 forces one. Results differ by float rounding only.
+
+The load on the machine changes the answer. On the 2-core AMD EPYC, quiet, oneDNN's GPT-2 small step took 17.9 ms and
+PyTorch's 29.9; a minute later, with other processes' tests and benchmarks running (load average 2.1-2.7), 480 ms and
+117 ms (oneDNN's threads wait for each other at every matrix, and a thread whose core another process holds arrives
+late). So the timing is made robust to load that comes and goes (:func:`time_decode_steps`: the median of per-pair
+ratios, oneDNN only when faster by :data:`MARGIN`), and a choice whose generations' steps later run :data:`DRIFT`
+times slower or faster than it was timed is timed again (:func:`observe`, at most once every :data:`RETIME_SECONDS`).
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import statistics
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +47,14 @@ from tfgraph.decoding.session import Session
 Kernel = Literal["onednn", "pytorch"]
 KERNELS: tuple[Kernel, ...] = ("onednn", "pytorch")
 REMEMBER_ENV = "TFGRAPH_REMEMBER_CPU_LINEAR"  # "1": remember the choices on disk too
-MIN_STEPS, MAX_STEPS, MIN_SECONDS = 3, 12, 0.2  # timed steps per kernel: at least 3, more while under 0.2 s, <= 12
+# how time_decode_steps times the kernels: pairs of steps, at least MIN_PAIRS and MIN_SECONDS, at most MAX_PAIRS and
+# MAX_SECONDS, sessions of at most SESSION_PAIRS pairs; oneDNN is chosen only when faster by more than MARGIN
+MIN_PAIRS, MAX_PAIRS, SESSION_PAIRS = 8, 400, 64
+MIN_SECONDS, MAX_SECONDS = 0.1, 1.0
+MARGIN = 0.1
+# when a generation's steps drift DRIFT times from the timed step (after at least MIN_OBSERVED_STEPS steps), the
+# choice is timed again, at most once every RETIME_SECONDS
+DRIFT, MIN_OBSERVED_STEPS, RETIME_SECONDS = 2.0, 16, 10.0
 
 
 @functools.cache
@@ -135,30 +150,56 @@ class LinearChoice:
             (timed by an earlier process on this machine), ``"forced"`` (``cpu_linear`` named it), ``"not a float32
             CPU model"`` or ``"oneDNN unavailable"`` (PyTorch's own, nothing timed).
         step_ms: the median decode step per kernel in milliseconds, where timed.
+        ratio: where timed, the median over the timed pairs of steps of oneDNN's step time over PyTorch's (below
+            ``1 - MARGIN``: oneDNN is chosen).
+        pairs: how many pairs of steps were timed.
+        key: the :func:`choice_key` it was made for (``""`` where nothing was timed).
     """
 
     kernel: Kernel
     reason: str
     step_ms: dict[str, float] = field(default_factory=dict)
+    ratio: float | None = None
+    pairs: int = 0
+    key: str = field(default="", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """What :func:`time_decode_steps` measured: ``step_ms`` the median step per kernel (ms), ``ratio`` the median of
+    the per-pair ratios oneDNN / PyTorch, ``pairs`` the pairs timed and ``seconds`` the wall time it took."""
+
+    step_ms: dict[str, float]
+    ratio: float
+    pairs: int
+    seconds: float
+
+    def kernel(self) -> Kernel:
+        """oneDNN where its steps are faster by more than :data:`MARGIN`, else PyTorch's own kernel."""
+        return "onednn" if self.ratio < 1.0 - MARGIN else "pytorch"
 
 
 _chosen: dict[str, LinearChoice] = {}  # this process's measurements, by choice_key
+_timed_at: dict[str, float] = {}  # when each was timed (time.monotonic())
+_stale: set[str] = set()  # keys whose choice drifted: time again, whatever the disk remembers
+_measured: list[LinearChoice] = []  # every timing of this process, oldest first
 
 
 def choose_linear(
-    model: nn.Module, *, rows: int, wanted: str = "auto", use_cache: bool = True, steps: int | None = None
+    model: nn.Module, *, rows: int, wanted: str = "auto", use_cache: bool = True, pairs: int | None = None
 ) -> LinearChoice:
-    """The kernel ``model`` decodes ``rows`` rows on: ``wanted`` if it names one, else the faster one measured.
+    """The kernel ``model`` decodes ``rows`` rows on: ``wanted`` if it names one, else the one measured faster.
 
-    A float32 CPU model measures once per process for its shapes, batch and thread count (see the module's text);
-    any other model runs PyTorch's own kernel.
+    A float32 CPU model measures once per process for its shapes, batch and thread count (see the module's text and
+    :func:`time_decode_steps`); any other model runs PyTorch's own kernel.
 
     Args:
         model: a ``decoder_only`` or ``encoder_decoder`` tfgraph model, in eval mode.
         rows: the rows a decode step feeds (batch times beams or samples).
         wanted: ``"auto"`` (measure), ``"onednn"`` or ``"pytorch"`` (forced; oneDNN only where it is available).
         use_cache: whether the steps feed a KV cache (else they re-run the sequence).
-        steps: timed steps per kernel (default: at least 3, more while they take under 0.2 s, at most 12).
+        pairs: time exactly this many pairs of steps (default: until the choice is clear, see
+            :func:`time_decode_steps`).
     """
     if not _float32_cpu(model):
         return LinearChoice("pytorch", "not a float32 CPU model")
@@ -168,19 +209,53 @@ def choose_linear(
         return LinearChoice(wanted, "forced")
     key = choice_key(model, rows, use_cache)
     if key in _chosen:
-        return LinearChoice(_chosen[key].kernel, "remembered", _chosen[key].step_ms)
-    choice = _read_remembered(key)
+        return replace(_chosen[key], reason="remembered")
+    choice = None if key in _stale else _read_remembered(key)
     if choice is None:
-        step_ms = time_decode_steps(model, rows=rows, use_cache=use_cache, steps=steps)
-        choice = LinearChoice(min(step_ms, key=step_ms.get), "measured", step_ms)
+        timing = time_decode_steps(model, rows=rows, use_cache=use_cache, pairs=pairs)
+        choice = LinearChoice(timing.kernel(), "measured", timing.step_ms, timing.ratio, timing.pairs, key)
+        _timed_at[key] = time.monotonic()
+        _stale.discard(key)
+        _measured.append(choice)
         _write_remembered(key, choice)
     _chosen[key] = choice
     return choice
 
 
+def observe(choice: LinearChoice, *, steps: int, seconds: float) -> bool:
+    """After a generation on a timed choice: forget it when its ``steps`` one-token steps took on average more than
+    :data:`DRIFT` times longer (or shorter) than the timing found, so that the next generation times the kernels
+    again (the machine's load changed since: on a busy machine oneDNN's threads wait for each other, and the
+    kernel that was faster idle can be several times slower). A choice is timed again at most once every
+    :data:`RETIME_SECONDS`, and only after at least :data:`MIN_OBSERVED_STEPS` steps.
+
+    Returns:
+        Whether the choice was forgotten.
+    """
+    timed = choice.step_ms.get(choice.kernel)
+    if not choice.key or not timed or steps < MIN_OBSERVED_STEPS:
+        return False
+    seen = 1e3 * seconds / steps
+    if timed / DRIFT <= seen <= timed * DRIFT:
+        return False
+    if time.monotonic() - _timed_at.get(choice.key, -math.inf) < RETIME_SECONDS:
+        return False
+    _chosen.pop(choice.key, None)
+    _stale.add(choice.key)
+    return True
+
+
+def measurements() -> list[LinearChoice]:
+    """Every timing of the kernels this process made, oldest first (a choice timed again appears again)."""
+    return list(_measured)
+
+
 def forget_choices() -> None:
     """Drop this process's remembered choices (the next generation measures again, unless remembered on disk)."""
     _chosen.clear()
+    _timed_at.clear()
+    _stale.clear()
+    _measured.clear()
 
 
 def choice_key(model: nn.Module, rows: int, use_cache: bool = True) -> str:
@@ -192,34 +267,63 @@ def choice_key(model: nn.Module, rows: int, use_cache: bool = True) -> str:
 
 
 @torch.no_grad()
-def time_decode_steps(
-    model: nn.Module, *, rows: int, use_cache: bool = True, steps: int | None = None
-) -> dict[str, float]:
-    """The median wall time in milliseconds of a one-token decode step of ``model``, per kernel.
+def time_decode_steps(model: nn.Module, *, rows: int, use_cache: bool = True, pairs: int | None = None) -> StepTiming:
+    """Time one-token decode steps of ``model`` in pairs, one step on each kernel, until the faster one is clear.
 
-    One session of ``rows`` one-token prompts (encoder-decoder: one-token sources) feeds a step under each kernel in
-    turn, so both see the same cache lengths and the same load on the machine; the first step of each is a warm-up,
-    and the session stays within the model's ``max_len``.
+    Sessions of ``rows`` one-token prompts (encoder-decoder: one-token sources) feed the steps, each session at most
+    :data:`SESSION_PAIRS` pairs and within the model's ``max_len`` (a fresh one then); the first pair of a session is
+    a warm-up. The kernel that steps first alternates from pair to pair, and each pair's two steps run back to back,
+    so both see the same cache length and nearly the same load on the machine: the choice rests on the median of the
+    per-pair ratios, which a burst of load on a few steps does not move. Without ``pairs``, the timing runs at least
+    :data:`MIN_PAIRS` pairs and :data:`MIN_SECONDS` (to sample the machine's load over a while, not one moment), then
+    stops as soon as the median ratio is clearly on one side of ``1 - MARGIN`` (a sign-test interval of about 95%
+    excludes it), and at the latest after :data:`MAX_SECONDS` or :data:`MAX_PAIRS` pairs.
     """
-    limit = max(1, min(steps or MAX_STEPS, (getattr(model, "max_len", 1 << 20) - 3) // len(KERNELS)))
-    least = min(steps or MIN_STEPS, limit)
-    fed = 3 + limit * len(KERNELS)  # the prompt, a warm-up step per kernel, then the timed steps
-    prompt = torch.zeros(rows, 1, dtype=torch.long, device=next(model.parameters()).device)
-    session = Session(model, prompt, None, max_new_tokens=fed, use_cache=use_cache, decoder_start_token_id=0)
-    tokens = session.first().argmax(-1)
+    per_session = max(1, min(SESSION_PAIRS, (getattr(model, "max_len", 1 << 20) - 3) // len(KERNELS)))
+    device = next(model.parameters()).device
     modes = {kernel: linear_kernel(kernel) for kernel in KERNELS}
     times: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
+    ratios: list[float] = []
     start = time.perf_counter()
-    for step in range(limit + 1):
-        for kernel in KERNELS:
-            with modes[kernel]:
-                began = time.perf_counter()
-                session.step(tokens)
-                if step:  # the first step of each is a warm-up
-                    times[kernel].append(time.perf_counter() - began)
-        if step >= least and (steps is not None or time.perf_counter() - start > MIN_SECONDS):
-            break
-    return {kernel: 1e3 * statistics.median(t) for kernel, t in times.items()}
+    while True:
+        fed = 3 + per_session * len(KERNELS)  # the prompt, the warm-up pair, then the timed pairs
+        prompt = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        session = Session(model, prompt, None, max_new_tokens=fed, use_cache=use_cache, decoder_start_token_id=0)
+        tokens = session.first().argmax(-1)
+        for step in range(per_session + 1):
+            order = KERNELS if len(ratios) % 2 == 0 else KERNELS[::-1]
+            took = {}
+            for kernel in order:
+                with modes[kernel]:
+                    began = time.perf_counter()
+                    session.step(tokens)
+                    took[kernel] = time.perf_counter() - began
+            if not step:  # the session's warm-up pair
+                continue
+            for kernel, seconds in took.items():
+                times[kernel].append(seconds)
+            ratios.append(took["onednn"] / took["pytorch"])
+            if _enough(ratios, time.perf_counter() - start, pairs):
+                seconds = time.perf_counter() - start
+                step_ms = {kernel: 1e3 * statistics.median(t) for kernel, t in times.items()}
+                return StepTiming(step_ms, statistics.median(ratios), len(ratios), seconds)
+
+
+def _enough(ratios: list[float], seconds: float, pairs: int | None) -> bool:
+    """Whether the timing can stop: ``pairs`` timed, or the choice clear (or out of time) by the rule of
+    :func:`time_decode_steps`."""
+    n = len(ratios)
+    if pairs is not None:
+        return n >= pairs
+    if n >= MAX_PAIRS or seconds >= MAX_SECONDS:
+        return True
+    if n < MIN_PAIRS or seconds < MIN_SECONDS:
+        return False
+    ranked = sorted(ratios)  # the ranks n/2 -+ 1.96 sqrt(n)/2 bound the median at about 95% (the sign test)
+    half = 0.98 * math.sqrt(n)
+    low, high = ranked[max(0, math.floor(n / 2 - half))], ranked[min(n - 1, math.ceil(n / 2 + half))]
+    threshold = 1.0 - MARGIN
+    return high < threshold or low > threshold
 
 
 def _float32_cpu(model: nn.Module) -> bool:
@@ -256,7 +360,10 @@ def _read_remembered(key: str) -> LinearChoice | None:
         return None
     if not isinstance(entry, dict) or entry.get("kernel") not in KERNELS:
         return None
-    return LinearChoice(entry["kernel"], "on disk", dict(entry.get("step_ms", {})))
+    ratio = entry.get("ratio")
+    ratio = float(ratio) if isinstance(ratio, (int, float)) else None
+    pairs = entry.get("pairs") if isinstance(entry.get("pairs"), int) else 0
+    return LinearChoice(entry["kernel"], "on disk", dict(entry.get("step_ms", {})), ratio, pairs, key)
 
 
 def _write_remembered(key: str, choice: LinearChoice) -> None:
@@ -267,7 +374,8 @@ def _write_remembered(key: str, choice: LinearChoice) -> None:
         known = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
         known = {}
-    known[key] = {"kernel": choice.kernel, "step_ms": choice.step_ms, "cpu": _cpu(), "torch": torch.__version__}
+    known[key] = {"kernel": choice.kernel, "step_ms": choice.step_ms, "ratio": choice.ratio, "pairs": choice.pairs}
+    known[key] |= {"cpu": _cpu(), "torch": torch.__version__}
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(f".{os.getpid()}.tmp")
     scratch.write_text(json.dumps(known, indent=1) + "\n")

@@ -225,8 +225,8 @@ class DecodingOptions:
     cpu_linear: CpuLinear = _option(
         "auto",
         doc='float32 CPU models: the kernel of the linear layers, ``"auto"`` (the faster of the two on this machine, '
-        'timed the first time a model of these shapes generates, :mod:`~tfgraph.decoding.cpu`), ``"onednn"`` or '
-        '``"pytorch"`` (the results differ by float rounding only).',
+        "timed the first time a model of these shapes generates and again when the steps drift far from that timing, "
+        ':mod:`~tfgraph.decoding.cpu`), ``"onednn"`` or ``"pytorch"`` (the results differ by float rounding only).',
         rule=Rule(lambda k: k in CPU_LINEAR, "must be 'auto', 'onednn' or 'pytorch'"),
         key=Any,
     )

@@ -12,6 +12,7 @@ through :func:`compiled_step`, one ``torch.compile(fullgraph=True)`` graph for e
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -75,6 +76,7 @@ class Session:
             raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
         self.model = model
         self.device = input_ids.device
+        self.steps, self.step_seconds = 0, 0.0  # one-token steps fed so far, and their wall time
         self.use_cache = use_cache
         self.compiled = compile
         self.encoder_decoder = model.topology == "encoder_decoder"
@@ -110,7 +112,15 @@ class Session:
         return self._logits(self.tokens, self.mask)
 
     def step(self, tokens: Tensor) -> Tensor:
-        """Feed one token per row ([B]); the next-token logits [B, V]."""
+        """Feed one token per row ([B]); the next-token logits [B, V]. Counts the steps and their wall time
+        (``steps``, ``step_seconds``)."""
+        began = time.perf_counter()
+        logits = self._step(tokens)
+        self.step_seconds += time.perf_counter() - began
+        self.steps += 1
+        return logits
+
+    def _step(self, tokens: Tensor) -> Tensor:
         if self.compiled:
             memory = (self.memory, self.memory_mask) if self.encoder_decoder else (None, None)
             return compiled_step()(self.model, tokens, self.cache, *memory)
