@@ -18,9 +18,14 @@ the 128 new tokens over the wall time of the whole call (prefill included). Time
 - tfgraph without the cache (``use_cache=False``: every step re-runs the whole sequence), ``gpt2`` only, fewer rounds.
 
 The generators run interleaved, one call each per round, and the ratio to Hugging Face is the median of the
-per-round ratios, so a load that comes and goes weighs on both sides alike. The machine may be shared: every call also
-records its process CPU time and the CPU time the rest of the machine used meanwhile (``/proc/stat``); a round is
-uncontended when, in all of its calls, other processes used less than ``--max-other-cpu`` of the machine.
+per-round ratios, so a load that comes and goes weighs on both sides alike. The order of the calls changes from round
+to round as the rows of a Williams design (:func:`run_orders`): over each cycle of ``n`` rounds (``2n`` for an odd
+number ``n`` of generators) every generator runs equally often in each position and right after each other generator
+equally often, so none always runs first, last or after a given other (whatever it leaves behind in caches, or the
+load it meets). Give a multiple of the cycle's rounds for that balance (the table says how many cycles ran). The
+machine may be shared: every call also records its process CPU time and the CPU time the rest of the machine used
+meanwhile (``/proc/stat``); a round is uncontended when, in all of its calls, other processes used less than
+``--max-other-cpu`` of the machine, and the table calls the machine idle only when every round was uncontended.
 
 Usage::
 
@@ -219,12 +224,15 @@ def timed(gen: Callable[[], Tensor], repeat: int) -> dict:
 def throughput(
     gens: dict[str, Callable[[], Tensor]], names: list[str], *, rounds: int, max_other: float, repeat: int = 1
 ) -> dict:
-    """Call the generators in turn, ``rounds`` rounds (each was called once before, by :func:`checks`)."""
+    """Call the generators in turn, ``rounds`` rounds, each round in the next order of :func:`run_orders` (each
+    generator was called once before, by :func:`checks`)."""
     records = []
-    for _ in range(rounds):
-        calls = {name: timed(gens[name], repeat) for name in names}
+    orders = run_orders(len(names))
+    for round_index in range(rounds):
+        order = [names[i] for i in orders[round_index % len(orders)]]
+        calls = {name: timed(gens[name], repeat) for name in order}
         clean = all(c["other_cpu"] is None or c["other_cpu"] <= max_other for c in calls.values())
-        records.append({"calls": calls, "clean": clean, "load_average_1min": os.getloadavg()[0]})
+        records.append({"order": order, "calls": calls, "clean": clean, "load_average_1min": os.getloadavg()[0]})
         print(
             f"round {len(records)}: "
             + ", ".join(
@@ -236,10 +244,26 @@ def throughput(
         )
     return {
         "rounds": records,
+        "orders_per_cycle": len(orders),
         "all": summary(records, names),
         "uncontended": summary([r for r in records if r["clean"]], names),
         "median_load_average_1min": statistics.median(r["load_average_1min"] for r in records),
     }
+
+
+def run_orders(n: int) -> list[list[int]]:
+    """The orders of ``n`` generators over one cycle of rounds: a Williams design, ``n`` orders for an even ``n`` and
+    ``2n`` for an odd one, in which each generator holds each position equally often and follows each other
+    generator equally often (a cyclic rotation would not do: in it ``b`` always runs right after ``a``)."""
+    first, low, high = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...
+    while low <= high:
+        first.append(low)
+        low += 1
+        if low <= high:
+            first.append(high)
+            high -= 1
+    orders = [[(i + shift) % n for i in first] for shift in range(n)]
+    return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
 
 
 def summary(records: list[dict], names: list[str]) -> dict | None:
@@ -276,11 +300,18 @@ def op_profile(gens: dict[str, Callable[[], Tensor]], names: list[str]) -> None:
 def size_table(size: str, part: dict) -> list[str]:
     """The table of one model size: each generator's tokens/s and its ratio to Hugging Face."""
     every, clean, choice = part["throughput"]["all"], part["throughput"]["uncontended"], part["choice"]
+    again = choice["timings"][1:]
+    retimed = (
+        f"; timed again {len(again)} time(s) during the rounds, its steps having drifted from the timing, and chose "
+        + ", ".join(f"{t['kernel']} (ratio {t['ratio']:.2f})" for t in again)
+        if again
+        else ""
+    )
     rows = [
         f"`{size}` ({part['check']['parameters']:,} parameters, {part['repeat']} generation(s) per timed call); "
-        f"`cpu_linear=auto` chose **{choice['kernel']}** "
-        f"(decode step {', '.join(f'{k} {v:.2f} ms' for k, v in choice['step_ms'].items())}, timed on the first "
-        "generation):",
+        f"`cpu_linear=auto` chose **{choice['kernel']}** on the first generation (decode step "
+        f"{', '.join(f'{k} {v:.2f} ms' for k, v in choice['step_ms'].items())}; oneDNN / PyTorch "
+        f"{choice['ratio']:.2f}, the median of {choice['pairs']} pairs of steps{retimed}):",
         "",
         "| generator | median tokens/s | / Hugging Face, median of per-round ratios (range) | uncontended rounds |",
         "| --- | ---: | ---: | ---: |",
@@ -301,10 +332,10 @@ def size_table(size: str, part: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    env, run = result["environment"], result["run"]
+    env, run, sizes = result["environment"], result["run"], result["sizes"].items()
     lines = [
-        f"Measured {result['date']} on {env['cpu']} ({env['cpus']} CPUs, **shared with other agents' work**: median "
-        f"1-minute load average {result['median_load']:.1f}), torch {env['torch']}, transformers "
+        f"Measured {result['date']} on {env['cpu']} ({env['cpus']} CPUs, {machine_state(result)}; median "
+        f"1-minute load average {result['median_load']:.1f}, this run's own included), torch {env['torch']}, transformers "
         f"{env['transformers']}, {env['threads']} threads, Python {env['python']}.",
         "",
         "```",
@@ -337,18 +368,39 @@ def markdown(result: dict) -> str:
         "largest logit difference to Hugging Face's: "
         + ", ".join(f"`{s}` {p['check']['max_abs_logit_diff']:.1e}" for s, p in result["sizes"].items())
         + f"; every generator produces Hugging Face's {NEW_TOKENS} tokens. Rounds: "
-        + ", ".join(f"`{s}` {p['throughput']['all']['n_rounds']}" for s, p in result["sizes"].items())
-        + ", interleaved (one call of each generator per round, after one untimed call each"
-        + (
-            f", which for a compiled generator compiles: {compile_cost}, once per process and model shape"
-            if compile_cost
-            else ""
-        )
-        + f"); a round is uncontended when other "
-        f"processes used at most {run['max_other_cpu']:.0%} of the machine during each of its calls. Per-call "
-        "figures are in `experiments/benchmarks/results/generate_vs_hf.json`."
+        + ", ".join(f"`{s}` {p['throughput']['all']['n_rounds']} ({cycles(p['throughput'])})" for s, p in sizes)
+        + ", after one untimed call of each generator"
+        + (f" (a compiled one compiles then: {compile_cost}; once per process and model shape)" if compile_cost else "")
+        + ". Each round calls every generator once, in an order that changes from round to round (a Williams design: "
+        "in each cycle of orders every generator runs equally often in each position and right after each other "
+        f"generator). A round is uncontended when other processes used at most {run['max_other_cpu']:.0%} of the "
+        "machine during each of its calls. Per-call figures are in `experiments/benchmarks/results/generate_vs_hf.json`."
     )
     return "\n".join(lines)
+
+
+def machine_state(result: dict) -> str:
+    """Whether the machine was idle, as the timed calls measured it: "idle" when every round was uncontended, else
+    "shared" with the median and the largest share of the CPUs other processes used during a call."""
+    rounds = [r for part in result["sizes"].values() for r in part["throughput"]["rounds"]]
+    others = [c["other_cpu"] for r in rounds for c in r["calls"].values() if c["other_cpu"] is not None]
+    if not others:
+        return "the load of other processes unknown (no /proc/stat)"
+    contended = sum(not r["clean"] for r in rounds)
+    if not contended:
+        return f"**idle**: other processes used at most {max(others):.0%} of its CPUs during every timed call"
+    return (
+        f"**shared**: other processes used a median {statistics.median(others):.0%} (at most {max(others):.0%}) of its "
+        f"CPUs during the timed calls, {contended} of {len(rounds)} rounds contended"
+    )
+
+
+def cycles(throughput: dict) -> str:
+    """How many cycles of the order design the rounds made ("2 cycles of 6 orders", or the rounds left over)."""
+    n, per = len(throughput["rounds"]), throughput["orders_per_cycle"]
+    whole, left = divmod(n, per)
+    text = f"{whole} cycle{'s' if whole != 1 else ''} of {per} orders"
+    return text if not left else f"{text} and {left} round{'s' if left != 1 else ''} (positions not balanced)"
 
 
 INTRO = """\
@@ -372,7 +424,7 @@ def environment() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds for gpt2 (default 8)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds for gpt2 (default 6)")
     parser.add_argument("--tiny-rounds", type=int, default=12, help="interleaved rounds for gpt2_tiny (default 12)")
     parser.add_argument("--no-cache-rounds", type=int, default=1, help="gpt2 rounds with use_cache=False (default 1)")
     parser.add_argument("--max-other-cpu", type=float, default=0.05, help="others' CPU share of an uncontended call")
@@ -405,18 +457,37 @@ def main() -> None:
         check = checks(hf, ours, {n: gens[n] for n in names})  # the default's first call times the kernels
         choice = choose_linear(ours, rows=BATCH)
         rounds = args.rounds if size == "gpt2" else args.tiny_rounds
+        timed_rounds = throughput(gens, names, rounds=rounds, max_other=args.max_other_cpu, repeat=REPEAT[size])
         result["sizes"][size] = {
             "names": names,
             "check": check,
-            "choice": {"kernel": choice.kernel, "reason": choice.reason, "step_ms": choice.step_ms},
+            "choice": choice_record(choice),
             "repeat": REPEAT[size],
-            "throughput": throughput(gens, names, rounds=rounds, max_other=args.max_other_cpu, repeat=REPEAT[size]),
+            "throughput": timed_rounds,
         }
         if size == "gpt2" and args.no_cache_rounds:
             result["no_cache"] = throughput(
                 gens, ["no_cache", "tfgraph"], rounds=args.no_cache_rounds, max_other=args.max_other_cpu
             )
         report(result, start, write_readme=args.write_readme)  # after each size: a run cut short keeps what it has
+
+
+def choice_record(choice: cpu.LinearChoice) -> dict:
+    """What ``cpu_linear=auto`` chose for a model, and every timing of its kernels in this process so far (the first,
+    then any made again because the steps drifted, :func:`tfgraph.decoding.cpu.observe`)."""
+    timings = [
+        {"kernel": c.kernel, "ratio": c.ratio, "pairs": c.pairs, "step_ms": c.step_ms}
+        for c in cpu.measurements()
+        if c.key == choice.key
+    ]
+    return {
+        "kernel": choice.kernel,
+        "reason": choice.reason,
+        "step_ms": choice.step_ms,
+        "ratio": choice.ratio,
+        "pairs": choice.pairs,
+        "timings": timings,
+    }
 
 
 def report(result: dict, start: float, *, write_readme: bool) -> None:
