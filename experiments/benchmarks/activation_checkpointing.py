@@ -19,11 +19,8 @@ Both settings must compute the same loss to 1e-6 (checked in the parent). Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +28,6 @@ from pathlib import Path
 import common
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 import tfgraph
 
@@ -45,7 +41,7 @@ SETTINGS = ("off", "on")
 
 def overrides(setting: str, sizes: dict) -> list[str]:
     flag = "true" if setting == "on" else "false"
-    return ["model=gpt2", *(f"model.{k}={v}" for k, v in sizes.items()), f"model.activation_checkpointing={flag}"]
+    return common.gpt2_overrides(sizes, f"model.activation_checkpointing={flag}")
 
 
 def child(setting: str, steps: int, sizes: dict, batch: int, seq_len: int) -> dict:
@@ -65,28 +61,16 @@ def child(setting: str, steps: int, sizes: dict, batch: int, seq_len: int) -> di
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    with open("/proc/self/statm") as f:
-        baseline_kib = int(f.read().split()[1]) * resource.getpagesize() // 1024
+    baseline_kib = common.rss_kib()
     first_loss = step()  # Adam state exists from here on
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    records = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
-    )
-    current = in_step = 0
-    for _, nbytes in records:
-        current += nbytes
-        in_step = max(in_step, current)
-    tensors = list(model.parameters()) + [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-    live = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+    peak_kib = common.peak_rss_kib()
+    in_step = common.profiled_peak_bytes(step)
+    live = common.live_bytes(model, optimizer)
     return {
         "first_loss": first_loss,
         "seconds_per_step": statistics.median(times),
@@ -97,12 +81,11 @@ def child(setting: str, steps: int, sizes: dict, batch: int, seq_len: int) -> di
 
 
 def measure(repeats: int, steps: int, tiny: bool) -> dict:
-    runs: dict[str, list[dict]] = {s: [] for s in SETTINGS}
-    for _ in range(repeats):
-        for setting in SETTINGS:
-            command = [sys.executable, __file__, "--child", setting, "--steps", str(steps)] + (["--tiny"] * tiny)
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs[setting].append(json.loads(out.strip().splitlines()[-1]))
+    runs = common.fresh_processes(
+        lambda setting: [sys.executable, __file__, "--child", setting, "--steps", str(steps)] + (["--tiny"] * tiny),
+        SETTINGS,
+        repeats,
+    )
     losses = [r["first_loss"] for rs in runs.values() for r in rs]
     assert max(losses) - min(losses) <= 1e-6 * max(1.0, abs(losses[0])), f"the settings' losses differ: {losses}"
     keys = ("peak_allocated_bytes", "in_step_bytes", "rss_growth_kib", "seconds_per_step")
@@ -130,23 +113,15 @@ def markdown(result: dict) -> str:
         f"| {on['seconds_per_step'] / off['seconds_per_step']:.2f} |"
     )
     cfg = result["config"]
-    return "\n".join(
-        [
-            f"Measured {result['date']} on {env['cpu']} ({env['cpus']} CPUs, shared with other work), torch "
-            f"{env['torch']}, {THREADS} threads.",
-            "",
-            "```",
-            result["command"],
-            "```",
-            "",
-            *rows,
-            "",
-            f"tfgraph `gpt2` at {', '.join(f'{k} {v}' for k, v in cfg['sizes'].items())}; B={cfg['batch']}, "
-            f"T={cfg['seq_len']}, fp32, AdamW. Each setting in a fresh process, median of {result['repeats']} "
-            "processes each; both compute the same loss. Peak allocated: the profiler's allocation records over one "
-            "step plus the parameters and AdamW state; in-step: the peak above those (the activations kept for "
-            "backward, and the recomputed layer's). Peak RSS growth: `ru_maxrss` above the RSS after building.",
-        ]
+    return common.report(
+        f"{common.measured_on_shared_cpu(result['date'], env)}, {THREADS} threads.",
+        result["command"],
+        rows,
+        f"tfgraph `gpt2` at {', '.join(f'{k} {v}' for k, v in cfg['sizes'].items())}; B={cfg['batch']}, "
+        f"T={cfg['seq_len']}, fp32, AdamW. Each setting in a fresh process, median of {result['repeats']} "
+        "processes each; both compute the same loss. Peak allocated: the profiler's allocation records over one "
+        "step plus the parameters and AdamW state; in-step: the peak above those (the activations kept for "
+        "backward, and the recomputed layer's). Peak RSS growth: `ru_maxrss` above the RSS after building.",
     )
 
 
@@ -170,9 +145,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.steps, sizes, batch, seq_len)))
         return
     result = {
-        "date": datetime.date.today().isoformat(),
-        "command": " ".join(["python experiments/benchmarks/activation_checkpointing.py", *sys.argv[1:]]),
-        "environment": common.environment(),
+        **common.run_record(__file__),
         "config": {"sizes": sizes, "batch": batch, "seq_len": seq_len},
         "repeats": args.repeats,
         **measure(args.repeats, args.steps, args.tiny),

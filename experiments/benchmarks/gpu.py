@@ -26,11 +26,8 @@ table into its section of ``experiments/README.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,9 +88,8 @@ def flops_per_token(sizes: dict, seq_len: int, n_params: int) -> float:
 
 
 def paired_models(sizes: dict, device: torch.device) -> tuple[nn.Module, GPT, dict]:
-    overrides = ["model=gpt2", *(f"model.{k}={v}" for k, v in sizes.items()), "model.dropout=0.0"]
     torch.manual_seed(SEED)
-    ours = tfgraph.build_model(tfgraph.compose(overrides).model)
+    ours = tfgraph.build_model(tfgraph.compose(common.gpt2_overrides(sizes, "model.dropout=0.0")).model)
     hand = GPT(**sizes)
     copy_from_tfgraph(hand, ours)
     ours, hand = ours.to(device), hand.to(device)
@@ -131,12 +127,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed(step: Callable, steps: int, device: torch.device, tokens_per_step: int) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return steps * tokens_per_step / (time.perf_counter() - start)
+    """Tokens per second over ``steps`` calls of ``step``, timed between synchronisations of ``device``."""
+    return common.timed(step, steps, tokens_per_step, lambda: synchronize(device))[0]
 
 
 def training(args: argparse.Namespace, sizes: dict, device: torch.device) -> dict:
@@ -158,10 +150,10 @@ def training(args: argparse.Namespace, sizes: dict, device: torch.device) -> dic
             step()
         synchronize(device)
         peak_memory[name] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    rounds = [
-        {name: timed(step, args.steps, device, tokens_per_step) for name, step in steps.items()}
-        for _ in range(args.rounds)
-    ]
+    rounds = common.repeat_rounds(
+        lambda: {name: timed(step, args.steps, device, tokens_per_step) for name, step in steps.items()},
+        rounds=args.rounds,
+    )
     name_of_device, peak = device_peak(device)
     flops = flops_per_token(sizes, args.seq_len, check["parameters"] - sizes["max_len"] * sizes["d_model"])
     result = {"check": check, "first_losses": first_losses, "rounds": rounds, "peak_memory_bytes": peak_memory}
@@ -186,8 +178,7 @@ def generation(args: argparse.Namespace, sizes: dict, device: torch.device) -> d
         bos_token_id=sizes["vocab_size"] - 1, eos_token_id=sizes["vocab_size"] - 1,
     )  # fmt: skip
     hf = GPT2LMHeadModel(hf_config).eval()
-    overrides = ["model=gpt2", *(f"model.{k}={v}" for k, v in sizes.items()), "model.dropout=0.0"]
-    ours = tfgraph.build_model(tfgraph.compose(overrides).model).eval()
+    ours = tfgraph.build_model(tfgraph.compose(common.gpt2_overrides(sizes, "model.dropout=0.0")).model).eval()
     copy_from_hf(ours, hf)
     ids = torch.randint(0, sizes["vocab_size"], (1, args.prompt_len), generator=torch.Generator().manual_seed(SEED))
     with torch.no_grad():
@@ -212,16 +203,9 @@ def generation(args: argparse.Namespace, sizes: dict, device: torch.device) -> d
         gens["tfgraph_compiled"] = run_ours(compile=True)
     first = {name: gen() for name, gen in gens.items()}  # warm-up (compiles)
     same = {name: bool(torch.equal(t, first["hf"])) for name, t in first.items()}
-    rounds = []
-    for _ in range(args.gen_rounds):
-        record = {}
-        for name, gen in gens.items():
-            synchronize(device)
-            start = time.perf_counter()
-            gen()
-            synchronize(device)
-            record[name] = args.new_tokens / (time.perf_counter() - start)
-        rounds.append(record)
+    rounds = common.repeat_rounds(
+        lambda: {name: timed(gen, 1, device, args.new_tokens) for name, gen in gens.items()}, rounds=args.gen_rounds
+    )
     return {
         "max_abs_logit_diff_fp32": diff,
         "dtype": str(dtype).removeprefix("torch."),
@@ -262,22 +246,15 @@ def markdown(result: dict) -> str:
     for name, tps in gen["tokens_per_s"].items():
         rows.append(f"| {gen_labels[name]} | {tps:,.1f} | {'yes' if gen['same_tokens_as_hf'][name] else 'no'} |")
     a = result["args"]
-    return "\n".join(
-        [
-            f"Measured {result['date']} on {train['device']} (bf16 peak {train['peak_bf16_flops'] or 'n/a'} FLOP/s), "
-            f"CPU {env['cpu']}, torch {env['torch']}.",
-            "",
-            "```",
-            result["command"],
-            "```",
-            "",
-            *rows,
-            "",
-            f"{train['check']['parameters']:,} parameters, B={a['batch']}, T={a['seq_len']}, {a['rounds']} rounds of "
-            f"{a['steps']} steps per model after {a['warmup']} warm-up steps; {train['flops_per_token']:,.0f} FLOPs per "
-            f"token for MFU. Generation: {a['new_tokens']} new tokens from {a['prompt_len']}, median of "
-            f"{a['gen_rounds']} rounds.",
-        ]
+    return common.report(
+        f"Measured {result['date']} on {train['device']} (bf16 peak {train['peak_bf16_flops'] or 'n/a'} FLOP/s), "
+        f"CPU {env['cpu']}, torch {env['torch']}.",
+        result["command"],
+        rows,
+        f"{train['check']['parameters']:,} parameters, B={a['batch']}, T={a['seq_len']}, {a['rounds']} rounds of "
+        f"{a['steps']} steps per model after {a['warmup']} warm-up steps; {train['flops_per_token']:,.0f} FLOPs per "
+        f"token for MFU. Generation: {a['new_tokens']} new tokens from {a['prompt_len']}, median of "
+        f"{a['gen_rounds']} rounds.",
     )
 
 
@@ -311,9 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = TINY if args.tiny else FULL
     torch.set_float32_matmul_precision("high")  # TF32 for what stays in fp32 (as nanoGPT's train.py)
     result = {
-        "date": datetime.date.today().isoformat(),
-        "command": " ".join(["python experiments/benchmarks/gpu.py", *(sys.argv[1:] if argv is None else argv)]),
-        "environment": common.environment(),
+        **common.run_record(__file__, argv),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "sizes": sizes,
         "training": training(args, sizes, device),

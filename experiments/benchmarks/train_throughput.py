@@ -33,12 +33,10 @@ table into its section of ``experiments/README.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
+import itertools
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -69,7 +67,7 @@ LABELS = {"tfgraph": "tfgraph `gpt2`", "nanogpt": "hand-written nanoGPT"}
 
 def tfgraph_overrides() -> list[str]:
     """The Hydra overrides of the benchmarked tfgraph model."""
-    return ["model=gpt2", *(f"model.{k}={v}" for k, v in SIZES.items()), "model.dropout=0.0"]
+    return common.gpt2_overrides(SIZES, "model.dropout=0.0")
 
 
 def build_tfgraph() -> nn.Module:
@@ -123,18 +121,6 @@ def paired_models() -> tuple[nn.Module, GPT, dict]:
 # ----------------------------------------------------------------------------------------------------- throughput
 
 
-def timed(step: Callable[[], Tensor], steps: int) -> tuple[float, float]:
-    """Tokens per second over ``steps`` training steps, and the share of the threads' wall time this process ran.
-
-    The share falls below about 1 when other processes take the CPU; interleaving lets both models share that.
-    """
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return steps * BATCH * SEQ_LEN / wall, cpu / (wall * torch.get_num_threads())
-
-
 def throughput(
     steps_by_name: dict[str, Callable[[], Tensor]],
     *,
@@ -150,26 +136,29 @@ def throughput(
     on a shared machine a block that another process slowed down says nothing about the model. The loop also
     stops after ``max_seconds``. Returns every round, and the summaries of the uncontended ones and of all.
     """
+    tokens_per_step = BATCH * SEQ_LEN
     for step in steps_by_name.values():
-        timed(step, warmup)
-    records = []
-    deadline = time.perf_counter() + max_seconds
-    while sum(r["clean"] for r in records) < rounds and time.perf_counter() < deadline:
-        blocks = {name: timed(step, steps) for name, step in steps_by_name.items()}
+        common.timed(step, warmup, tokens_per_step)
+    numbers = itertools.count(1)
+
+    def one_round() -> dict:
+        blocks = {name: common.timed(step, steps, tokens_per_step) for name, step in steps_by_name.items()}
         record = {
             "tokens_per_s": {name: tps for name, (tps, _) in blocks.items()},
             "cpu_share": {name: share for name, (_, share) in blocks.items()},
             "clean": all(share >= min_cpu_share for _, share in blocks.values()),
             "load_average_1min": os.getloadavg()[0],
         }
-        records.append(record)
         print(
-            f"round {len(records)}: "
+            f"round {next(numbers)}: "
             + ", ".join(f"{n} {tps:,.0f} tok/s ({share:.0%} CPU)" for n, (tps, share) in blocks.items())
             + ("" if record["clean"] else "  [contended]"),
             file=sys.stderr,
             flush=True,
         )
+        return record
+
+    records = common.repeat_rounds(one_round, rounds=rounds, counts=lambda r: r["clean"], max_seconds=max_seconds)
     return {
         "rounds": records,
         "uncontended": summary([r for r in records if r["clean"]]),
@@ -199,30 +188,11 @@ def summary(records: list[dict]) -> dict | None:
 # --------------------------------------------------------------------------------------------------------- memory
 
 
-def live_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the tensors alive between steps: parameters and optimizer state (each storage once)."""
-    tensors = list(model.parameters()) + [
-        t for state in optimizer.state.values() for t in state.values() if isinstance(t, Tensor)
-    ]
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values())
-
-
 def profiled_peak(model: nn.Module, step: Callable[[], Tensor]) -> dict:
     """Peak bytes allocated during one step (Adam state present), from the profiler's allocation records."""
     step(), step()  # Adam state exists, grads are None again
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    records = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
-    )
-    current = peak = 0
-    for _, nbytes in records:
-        current += nbytes
-        peak = max(peak, current)
-    base = live_bytes(model, step.optimizer)
+    peak = common.profiled_peak_bytes(step)
+    base = common.live_bytes(model, step.optimizer)
     return {"live_bytes_between_steps": base, "peak_step_bytes": peak, "peak_total_bytes": base + peak}
 
 
@@ -231,26 +201,18 @@ def rss_child(name: str, steps: int) -> None:
     torch.set_num_threads(THREADS)
     model = build_tfgraph() if name == "tfgraph" else build_nanogpt()
     step = train_step_fn(model)
-    with open("/proc/self/statm") as f:
-        baseline_kib = int(f.read().split()[1]) * resource.getpagesize() // 1024
+    baseline_kib = common.rss_kib()
     for _ in range(steps):
         step()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_kib = common.peak_rss_kib()
     print(json.dumps({"baseline_kib": baseline_kib, "peak_kib": peak_kib, "delta_kib": peak_kib - baseline_kib}))
 
 
 def rss_peaks(repeats: int, steps: int) -> dict:
     """Peak RSS growth per model, each run in its own subprocess, alternating; medians over ``repeats``."""
-    runs: dict[str, list[dict]] = {name: [] for name in NAMES}
-    for _ in range(repeats):
-        for name in NAMES:
-            out = subprocess.run(
-                [sys.executable, __file__, "--rss-child", name, "--steps", str(steps)],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    runs = common.fresh_processes(
+        lambda name: [sys.executable, __file__, "--rss-child", name, "--steps", str(steps)], NAMES, repeats
+    )
     medians = {name: statistics.median(r["delta_kib"] for r in runs[name]) for name in NAMES}
     return {"runs": runs, "median_delta_kib": medians, "ratio": medians["tfgraph"] / medians["nanogpt"]}
 
@@ -313,16 +275,10 @@ def markdown(result: dict) -> str:
     )
     env, run = result["environment"], result["run"]
     slowest = min(r["tokens_per_s"][n] / clean["median_tokens_per_s"][n] for r in tp["rounds"] for n in NAMES)
-    lines = [
-        f"Measured {result['date']} on {env['cpu']} ({env['cpus']} CPUs, shared with other work), torch {env['torch']}, "
-        f"{env['threads']} threads, Python {env['python']}.",
-        "",
-        "```",
-        result["command"],
-        "```",
-        "",
-        *rows,
-        "",
+    measured = (
+        f"{common.measured_on_shared_cpu(result['date'], env)}, {env['threads']} threads, Python {env['python']}."
+    )
+    note = (
         f"Rounds of {run['steps']} training steps per model (tfgraph, then hand-written) after {run['warmup']} warm-up "
         f"steps each; B={BATCH}, T={SEQ_LEN} ({BATCH * SEQ_LEN} tokens per step). {every['n_rounds']} rounds ran, "
         f"{tp['uncontended']['n_rounds'] if tp['uncontended'] else 0} of them uncontended: both blocks of the round "
@@ -334,9 +290,9 @@ def markdown(result: dict) -> str:
         f"{result['check']['max_abs_logit_diff']:.1e}). Peak allocated: the profiler's allocation records over one "
         f"step plus the parameters and AdamW state alive between steps; in-step: the allocation peak above those. "
         f"Peak RSS growth: `ru_maxrss` minus the RSS after model and optimizer are built, each model in a fresh "
-        f"process for {run['rss_steps']} steps, median of {run['rss_repeats']}.",
-    ]
-    return "\n".join(lines)
+        f"process for {run['rss_steps']} steps, median of {run['rss_repeats']}."
+    )
+    return common.report(measured, result["command"], rows, note)
 
 
 def main() -> None:
@@ -367,9 +323,7 @@ def main() -> None:
 
     start = time.time()
     result = {
-        "date": datetime.date.today().isoformat(),
-        "command": " ".join(["python experiments/benchmarks/train_throughput.py", *sys.argv[1:]]),
-        "environment": common.environment(),
+        **common.run_record(__file__),
         "config": {"sizes": SIZES, "batch": BATCH, "seq_len": SEQ_LEN, "dtype": "float32", "lr": LR},
         "tfgraph_overrides": tfgraph_overrides(),
         "run": {
