@@ -233,7 +233,8 @@ class DecodingOptions:
     compile: bool = _option(
         False,
         doc="run each one-token decode step as one ``torch.compile`` graph over a static KV cache (the first call "
-        "for a model, batch and cache size compiles; the tokens are those of the eager step).",
+        "for a model, batch and cache size compiles, seconds; the tokens are those of the eager step). Off by "
+        "default: it pays back only over many thousand tokens (:mod:`~tfgraph.decoding.session`).",
         key=bool,
     )
 
