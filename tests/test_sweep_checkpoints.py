@@ -3,15 +3,13 @@ and summary.md says so."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
 import tfgraph
-from tests.test_sweeps import QUIET, fake_job, job_config, text_file
+from tests.test_sweeps import fake_job, job_config, train_multirun
 from tfgraph.cli.sweep import SweepSummary
 from tfgraph.run_checks import check_config
 from tfgraph.sweeps import prune_checkpoints, write_summary
@@ -82,35 +80,19 @@ def test_an_unknown_value_is_a_config_error_listing_the_options(tmp_path: Path) 
 
 def sweep(tmp_path: Path, *args: str) -> Path:
     tmp_path.mkdir()
-    data = text_file(tmp_path / "text.txt")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tfgraph.cli.train",
-            "-m",
-            "model=gpt2_tiny",
-            "model.n_layers=1",
-            "data=text",
-            f"data.path={data}",
-            "data.block_size=16",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=2",
-            "trainer.limit_val_batches=1",
-            "trainer.num_sanity_val_steps=0",
-            "test=false",
-            "~logger",
-            *QUIET,
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            "model/norm=layernorm,rmsnorm",
-            *args,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    train_multirun(
+        tmp_path,
+        "model=gpt2_tiny",
+        "model.n_layers=1",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "test=false",
+        "~logger",
+        "model/norm=layernorm,rmsnorm",
+        *args,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / "sweep"
 
 

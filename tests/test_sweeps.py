@@ -478,8 +478,10 @@ def test_a_launcher_or_sweeper_whose_plugin_is_missing_names_the_extra_to_instal
 # -------------------------------------------------------------------------------------- real multiruns
 
 
-def multirun(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    data = text_file(tmp_path / "text.txt")
+def train_multirun(folder: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``tfgraph.cli.train -m`` in ``folder`` over a small text written there, quiet, the sweep in ``folder/sweep``;
+    the model, the steps and what is swept are ``args``. The command must succeed."""
+    data = text_file(folder / "text.txt")
     done = subprocess.run(
         [
             sys.executable,
@@ -489,18 +491,22 @@ def multirun(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.Compl
             "data=text",
             f"data.path={data}",
             "data.block_size=16",
-            "debug=fast_dev_run",
             *QUIET,
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hydra.sweep.dir={folder / 'sweep'}",
             *args,
         ],
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def multirun(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """:func:`train_multirun` of jobs of one fast_dev_run step each."""
+    return train_multirun(tmp_path, "debug=fast_dev_run", *args, timeout=timeout)
 
 
 def summary_rows(tmp_path: Path) -> list[dict[str, str]]:
