@@ -131,6 +131,13 @@ TRAIN = [
     train("ckpt_path={tmp}/evil.ckpt", says=("ckpt_path", "evil.ckpt")),
     train("ckpt_path={tmp}/target.ckpt", says=("ckpt_path", "_target_")),
     case("train", "-m", *QUICK, "model/norm=layernorm,rmsnrom", says=("model/norm", "rmsnrom")),
+    train("+optimizer.capturable=true", says=("optimizer.capturable", "refused by AdamW on cpu")),
+    case("train", "data=5", says=("data: 'data=5' gives 5, not an option's name", "shakespeare_char")),
+    case("train", "model=null", says=("model: 'model=null'", "~model", "gpt2_tiny")),
+    train("trainer.max_steps=${oc.env:TFGRAPH_UNSET_VAR_X}", says=("trainer.max_steps", "'TFGRAPH_UNSET_VAR_X' not")),
+    # read only after training (and not at all with max_new_tokens=0): refused before it starts all the same
+    train("sample.prompt=${oc.env:TFGRAPH_UNSET_VAR_X}", says=("sample.prompt: cannot resolve", "TFGRAPH_UNSET_VAR_X")),
+    train("paths.output_dir={tmp}/book.txt/run", says=("paths.output_dir", "{tmp}/book.txt/run", "Not a directory")),
 ]
 
 EVAL = [
@@ -164,6 +171,12 @@ GENERATE = [
     case("generate", "ckpt_path={lm}", "strategy=beam", "num_beams=0", says="num_beams"),
     case("generate", "ckpt_path={lm}", "repetition_penalty=-1", says="repetition_penalty"),
     case("generate", "ckpt_path={lm}", "prompt_file={tmp}/no_prompts.txt", says="prompt_file"),
+    case(
+        "generate",
+        "ckpt_path={lm}",
+        "prompt_file={tmp}/latin1.txt",
+        says=("prompt_file: {tmp}/latin1.txt:2: not valid UTF-8 (byte 0xe9 at offset 16)", "save the prompts as UTF-8"),
+    ),
     case("generate", "ckpt_path={lm}", "nosuchkey=1", says="nosuchkey"),
     case("generate", "ckpt_path={tmp}/text.ckpt", says="text.ckpt"),
     case("generate", "ckpt_path={tmp}/evil.ckpt", says="evil.ckpt"),
@@ -211,6 +224,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (tmp / "empty.txt").write_text("")
     (tmp / "tiny.txt").write_text("ab\n")
     (tmp / "xper.conll").write_text("EU B-ORG\nrejects X-PER\n\nGerman B-MISC\n")
+    (tmp / "latin1.txt").write_bytes("first prompt\ncafé au lait\n".encode("latin-1"))
     lm_dir = tmp / "lm"
     train_run(
         compose(

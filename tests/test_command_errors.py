@@ -117,6 +117,15 @@ def test_a_config_dir_that_is_not_there_is_a_config_error(here: Path, monkeypatc
     assert f"{here / 'nowhere'}' not found" in err
 
 
+def test_a_run_dir_that_cannot_be_created_is_a_config_error(here: Path, monkeypatch, capsys) -> None:
+    (here / "a_file").write_text("")
+    err = config_error("train", [f"hydra.run.dir={here}/a_file/run"], monkeypatch, capsys)
+    assert f"hydra.run.dir: cannot create or write the run's output dir ({here}/a_file/run: Not a directory)" in err
+    err = config_error("train", ["-m", "seed=1,2", f"hydra.sweep.dir={here}/a_file/sweep"], monkeypatch, capsys)
+    assert f"hydra.sweep.dir: cannot create or write the run's output dir ({here}/a_file/sweep: " in err
+    assert list(here.iterdir()) == [here / "a_file"]
+
+
 def test_the_unknown_key_suggests_the_close_existing_key_from_python_too() -> None:
     def problems(overrides: list[str], config_name: str = "train") -> dict[str, str]:
         with pytest.raises(ConfigError) as info:

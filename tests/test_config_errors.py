@@ -40,6 +40,30 @@ def test_compose_reports_an_unknown_option_key_or_override_as_a_config_error_at_
         "model.nosuchkey": "no such key to override (to add it: +model.nosuchkey=1)"
     }
     assert "cannot parse 'model.d_model=[1': no viable alternative" in problems(["model.d_model=[1"])["model.d_model"]
+    # a group given a value that is not an option's name (Hydra's own error names no group)
+    assert problems(["model=gpt2_tiny", "data=5"]) == {
+        "data": "'data=5' gives 5, not an option's name: expected data=<option>; options are addition, bible_en_es, "
+        "conll, copy, debian_descriptions, hf, labeled, pairs, ptb, reverse, shakespeare_char, sort, text, wnut16"
+    }
+    assert "(to leave the group out: ~optimizer)" in problems(["optimizer=null"])["optimizer"]
+
+
+def test_an_interpolation_that_does_not_resolve_is_a_config_error_at_its_key(monkeypatch):
+    from tfgraph.config import check_resolvable
+
+    monkeypatch.delenv("TFGRAPH_UNSET_VAR_X", raising=False)
+    cfg = tfgraph.compose(["trainer.max_steps=${oc.env:TFGRAPH_UNSET_VAR_X}", "sample.prompt=${nosuch.key}"])
+    with pytest.raises(ConfigError) as info:
+        check_resolvable(cfg)
+    assert dict(info.value.problems) == {  # both, together
+        "trainer.max_steps": "cannot resolve '${oc.env:TFGRAPH_UNSET_VAR_X}': Environment variable "
+        "'TFGRAPH_UNSET_VAR_X' not found",
+        "sample.prompt": "cannot resolve '${nosuch.key}': Interpolation key 'nosuch.key' not found",
+    }
+    monkeypatch.setenv("TFGRAPH_UNSET_VAR_X", "7")
+    check_resolvable(tfgraph.compose(["trainer.max_steps=${oc.env:TFGRAPH_UNSET_VAR_X}"]))
+    with pytest.raises(ConfigError, match=r"trainer.max_steps: cannot resolve '\$\{oc.env:TFGRAPH_UNSET_VAR_Y\}'"):
+        tfgraph.train(tfgraph.compose(["trainer.max_steps=${oc.env:TFGRAPH_UNSET_VAR_Y}"]))  # before anything runs
 
 
 def test_compose_works_inside_another_hydra_context_and_leaves_it_as_it_was():

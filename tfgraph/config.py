@@ -1,6 +1,7 @@
 """The package's Hydra configs: finding and composing them from Python, Hydra's composition errors as a
-:class:`tfgraph.ConfigError` at their key, a composed node as plain containers (:func:`plain`) and the output
-dir of a run (:func:`prepare_output_dir`)."""
+:class:`tfgraph.ConfigError` at their key (a group given a value that names no option included), interpolations
+that do not resolve as one too (:func:`check_resolvable`), a composed node as plain containers (:func:`plain`)
+and the output dir of a run (:func:`prepare_output_dir`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import datetime
 import difflib
 import importlib.util
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from tfgraph.registry import ConfigError, load_plugins
+from tfgraph.registry import ConfigError, Problems, load_plugins
 
 
 def conf_dir() -> Path:
@@ -56,6 +58,8 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise hydra_error(err) from err
+    except ValueError as err:  # Hydra's own, for a group given a number: data=5
+        raise (group_value_error(err, overrides) or err) from err
     finally:
         restore_gh_from_backup(outer)
     load_plugins(cfg.get("plugins"), "plugins")
@@ -73,15 +77,73 @@ def plain(node: Any) -> Any:
 
 
 def prepare_output_dir(cfg: DictConfig) -> Path:
-    """The run's output dir (``cfg.paths.output_dir``; ``outputs/<date>/<time>`` when unset, then set), created."""
+    """The run's output dir (``cfg.paths.output_dir``; ``outputs/<date>/<time>`` when unset, then set), created.
+
+    Raises:
+        tfgraph.ConfigError: at ``paths.output_dir`` for a dir that cannot be created or written in.
+    """
     output_dir = OmegaConf.select(cfg, "paths.output_dir")
     if not output_dir:
         output_dir = str(Path("outputs", datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")).absolute())
         with open_dict(cfg):
             OmegaConf.update(cfg, "paths.output_dir", output_dir, force_add=True)
     path = Path(output_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # can a file be written there (a read-only mount, for root too)
+    except OSError as err:
+        raise output_dir_error(err, "paths.output_dir") from None
     return path
+
+
+def output_dir_error(err: OSError, key: str) -> ConfigError:
+    """An OSError met creating or writing a run's output dir, as a ConfigError at ``key`` (``paths.output_dir``,
+    ``hydra.run.dir``, ``hydra.sweep.dir``): the path, why, and what is expected."""
+    where = f"{err.filename}: " if err.filename else ""
+    return ConfigError.at(
+        key,
+        f"cannot create or write the run's output dir ({where}{err.strerror or err}): give a dir that can be "
+        "created and written in",
+    )
+
+
+def check_resolvable(cfg: DictConfig) -> None:
+    """Resolve every interpolation of ``cfg`` (Hydra's own node left out) once, so that one that cannot be resolved
+    (``${oc.env:UNSET}``, a key that is not there) is a ConfigError at its key before anything runs, all of them
+    together, and not a traceback at the moment the value is read."""
+    problems = Problems()
+
+    def walk(node: Any, path: str) -> None:
+        keys = range(len(node)) if OmegaConf.is_list(node) else [k for k in node.keys() if path or k != "hydra"]
+        for key in keys:
+            if OmegaConf.is_missing(node, key):
+                continue  # ``???``: whoever reads it says it is missing
+            try:
+                value = node[key]
+            except InterpolationResolutionError as err:
+                problems.add(*interpolation_problem(err))
+                continue
+            if OmegaConf.is_config(value):
+                walk(value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key))
+
+    walk(cfg, "")
+    problems.raise_if_any()
+
+
+def interpolation_error(err: InterpolationResolutionError) -> ConfigError:
+    """An interpolation OmegaConf could not resolve (``${oc.env:UNSET}``) as a ConfigError at its key."""
+    return ConfigError([interpolation_problem(err)])
+
+
+def interpolation_problem(err: InterpolationResolutionError) -> tuple[str, str]:
+    """``(key, "cannot resolve '${oc.env:X}': Environment variable 'X' not found")``."""
+    reason = str(err.msg or err).strip().splitlines()[0]
+    raised = re.fullmatch(r"\w+ raised while resolving interpolation: (.*)", reason)
+    reason = raised[1].strip("\"'") if raised else reason
+    node = getattr(err, "child_node", None)
+    given = node._value() if node is not None else None
+    what = f"cannot resolve {given!r}" if isinstance(given, str) else "cannot resolve its interpolation"
+    return str(err.full_key or ""), f"{what}: {reason}"
 
 
 def hydra_error(err: Exception) -> ConfigError:
@@ -138,6 +200,34 @@ def _close_key(key: str, cause: BaseException | None) -> str:
     if not close:
         return ""
     return f": did you mean {full[: len(full) - len(missing)]}{close[0]}{key[len(full) :]}?"
+
+
+def group_value_error(err: ValueError, overrides: Sequence[str]) -> ConfigError | None:
+    """Hydra's ValueError for a config group given a value that is no option's name (``data=5``, ``model=null``)
+    as a ConfigError at the group, listing its options; None for any other ValueError."""
+    if not str(err).startswith("Config group override"):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for line in overrides:
+        if line.startswith("-") or "=" not in line:
+            continue  # a flag (-m, --cfg job, -cd <dir>)
+        try:
+            override = parser.parse_override(line)
+        except Exception:  # Hydra reports an override it cannot parse itself
+            continue
+        group, value = str(override.key_or_group), override.value()
+        if isinstance(value, (str, list, dict)) or not (conf_dir() / group).is_dir():
+            continue
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        listed = f"; options are {', '.join(options)}" if options else ""
+        leave_out = f" (to leave the group out: ~{group})" if value is None else ""
+        given = "null" if value is None else repr(value)
+        return ConfigError.at(
+            group, f"{line!r} gives {given}, not an option's name: expected {group}=<option>{leave_out}{listed}"
+        )
+    return ConfigError.at("", str(err))
 
 
 def missing_option(err: MissingConfigException) -> ConfigError:

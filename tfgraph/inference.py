@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from tfgraph import decoding
 from tfgraph.attention_maps import attention_report
 from tfgraph.config import plain
+from tfgraph.data import DataError
+from tfgraph.data.readers import read_utf8
 from tfgraph.data.tokenizers import KINDS, Tokenizer, build_tokenizer
 from tfgraph.decoding import Completion, generate_text
 from tfgraph.decoding.options import COMMAND_OPTIONS, COUNT, STRATEGIES, DecodingOptions, Strategy
@@ -211,7 +213,11 @@ def _prompts(cfg: DictConfig) -> list[str]:
         path = Path(prompt_file)
         if not path.is_file():
             raise ConfigError.at("prompt_file", f"no such file: {path}")
-        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = read_utf8(path)
+        except DataError as err:  # the file, its line and the byte offset that is not UTF-8
+            raise ConfigError.at("prompt_file", f"{err}: save the prompts as UTF-8") from None
+        prompts = [line for line in text.splitlines() if line.strip()]
         if not prompts:
             raise ConfigError.at("prompt_file", f"{path} holds no prompt (one a line)")
         return prompts

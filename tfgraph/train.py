@@ -26,7 +26,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from tfgraph.config import plain, prepare_output_dir
+from tfgraph.config import check_resolvable, plain, prepare_output_dir
 from tfgraph.flops import meta_model, model_info
 from tfgraph.registry import ConfigError, load_plugins
 from tfgraph.run_checks import check_budget, check_config, check_lengths, check_optimized_metric
@@ -36,6 +36,7 @@ from tfgraph.tasks import CausalLM, Task, build_task, check_resumable, load_chec
 from tfgraph.tasks.base import check_compile
 from tfgraph.tasks.callbacks import StopOnDivergence, TrainingDiverged
 from tfgraph.tasks.loggers import sync_csv_columns
+from tfgraph.tasks.optim import check_optimizer
 from tfgraph.trainer import build_trainer, format_metrics, scalars, with_atomic_checkpoints
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,13 @@ def train(cfg: DictConfig) -> RunMetrics:
 
     Raises:
         tfgraph.ConfigError: for a config mistake (the task does not fit the model or the data, a model over
-            ``max_params``, ...).
+            ``max_params``, an interpolation that does not resolve, an output dir that cannot be written, ...).
         tfgraph.data.DataError: for missing or malformed data.
         TrainingDiverged: when the training loss (or the weights about to be saved) stops being finite; no
             checkpoint holds the diverged weights.
     """
     cfg = copy.deepcopy(cfg)
+    check_resolvable(cfg)  # every interpolation, before a step runs (sample.prompt is only read at the end)
     output_dir = prepare_output_dir(cfg)
     with run_log(output_dir):
         metrics = RunMetrics(_run(cfg, output_dir))
@@ -87,6 +89,10 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     compile_mode = check_compile(cfg.get("compile"))
     pl.seed_everything(cfg.seed, workers=True)
     trainer = build_trainer(cfg)  # first: a missing logger package is found before any data is read
+    if not cfg.get("ckpt_path") and cfg.get("optimizer") is not None and trainer.strategy.root_device.type == "cpu":
+        # a step on the CPU a run trains on (capturable=true); on a GPU, configure_optimizers' check takes it
+        # there, and this process does not touch CUDA before a strategy forks
+        check_optimizer(plain(cfg.optimizer), device="cpu")
     if cfg.get("ckpt_path") and cfg.get("init_from"):
         raise ConfigError.at(
             "init_from", "a resumed run (ckpt_path) takes its weights from the checkpoint; drop init_from"

@@ -3,9 +3,10 @@
 Each command is a job function made a console script by :func:`command`, which composes the package's config from
 the command line with everything Hydra offers there (overrides, ``-m``, ``--cfg job``, ``--help``, ``-cd <dir>``,
 ``hydra.searchpath=[...]``), reports a mistake Hydra finds in it as ``tfgraph.compose`` does (``error: ...`` and
-exit code 2) and runs the job under :func:`exit_on_error`, the one place that turns what the job raises into an
-exit code: 2 for a :class:`tfgraph.ConfigError` (a :class:`tfgraph.data.DataConfigError` among them) or a
-:class:`tfgraph.data.DataError`, 3 for a diverged training, the same for those raised in a spawned process.
+exit code 2; a run dir Hydra cannot create or write too) and runs the job under :func:`exit_on_error`, the one
+place that turns what the job raises into an exit code: 2 for a :class:`tfgraph.ConfigError` (a
+:class:`tfgraph.data.DataConfigError` among them), a :class:`tfgraph.data.DataError` or an interpolation that does
+not resolve (``${oc.env:UNSET}``), 3 for a diverged training, the same for those raised in a spawned process.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any, TypeVar
 import hydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from tfgraph.config import conf_dir, hydra_error
+from tfgraph.config import conf_dir, group_value_error, hydra_error, interpolation_error, output_dir_error
 from tfgraph.registry import ConfigError
 
 T = TypeVar("T")
@@ -53,6 +54,8 @@ def exit_status(err: BaseException, exit_codes: Mapping[type[BaseException], int
     one of these that a spawned DDP process raised (``trainer=ddp_sim``, :func:`spawned_error`)."""
     if isinstance(err, ConfigError):
         return 2, str(err)
+    if isinstance(err, InterpolationResolutionError):  # a value of the config: ${oc.env:UNSET}
+        return 2, str(interpolation_error(err))
     for cls, code in exit_codes.items():
         if isinstance(err, cls):
             return code, str(err)
@@ -130,15 +133,30 @@ def command(
             try:
                 with _environment(FULL_ERROR, "1"), _internal_groups_hidden():  # Hydra raises what it cannot
                     return app()  # compose instead of printing it; --help lists the groups a user chooses from
-            except (HydraException, OmegaConfBaseException) as err:
+            except (HydraException, OmegaConfBaseException, ValueError, OSError) as err:
                 if any(err is error for error in raised):
                     raise
-                print(f"error: {hydra_error(err)}", file=sys.stderr)
+                problem = command_line_error(err, sys.argv[1:])
+                if problem is None:
+                    raise
+                print(f"error: {problem}", file=sys.stderr)
                 sys.exit(2)
 
         return main
 
     return decorate
+
+
+def command_line_error(err: Exception, args: list[str]) -> ConfigError | None:
+    """What Hydra raised before the job ran, as the ConfigError a user can mend (None for anything else): a config
+    it cannot compose (:func:`tfgraph.config.hydra_error`), a group given a value that names no option
+    (``data=5``), a run dir it cannot create or write (at ``hydra.run.dir``, or ``hydra.sweep.dir`` with ``-m``)."""
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return hydra_error(err)
+    if isinstance(err, OSError):
+        multirun = any(arg in ("-m", "--multirun") for arg in args)
+        return output_dir_error(err, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    return group_value_error(err, args) if isinstance(err, ValueError) else None
 
 
 @contextmanager

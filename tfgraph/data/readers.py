@@ -59,7 +59,9 @@ def check_file(path: str | Path) -> Path:
     return file
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped); a DataError at the line and byte offset of
+    the first byte that is not UTF-8 (a Latin-1 ``é``: ``prompts.txt:2: not valid UTF-8 (byte 0xe9 at offset 17)``)."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -85,7 +87,7 @@ def read_text(path: str | Path) -> list[str]:
         a folder or glob all of whose files hold none.
     """
     files = expand_paths(path)
-    texts = [_read_utf8(file).replace("\r\n", "\n") for file in files]
+    texts = [read_utf8(file).replace("\r\n", "\n") for file in files]
     if not any(text.strip() for text in texts):
         if len(files) == 1:
             raise DataError(f"{files[0]}: the file holds no text (it is empty or blank)")

@@ -83,16 +83,28 @@ def _named(table: Mapping[str, Any], cfg: Mapping[str, Any], path: str) -> tuple
     return table[name], options
 
 
-def check_optimizer(cfg: Mapping[str, Any]) -> None:
+def check_optimizer(cfg: Mapping[str, Any], device: torch.device | str | None = None) -> None:
     """Check an optimizer config, its values too (``lr=-1``), on one throwaway parameter: the model's are not
-    needed, and PyTorch's own checks decide what is valid."""
+    needed, and PyTorch's own checks decide what is valid.
+
+    Args:
+        cfg: ``{name: ..., <options>}``.
+        device: where the run trains; given, the throwaway parameter also takes one step there, which refuses
+            what only a step does (``capturable=true`` off a GPU, ``differentiable=true`` on a parameter).
+    """
     cls, options = _named(OPTIMIZERS, cfg, "optimizer")
     check_keys(options, keyword_params(cls), "optimizer")
+    on = "" if device is None else f" on {torch.device(device).type}"
 
     def refusal(**given: Any) -> str | None:
         try:
-            cls([torch.zeros(1, requires_grad=True)], **given)
-        except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as err:  # betas=[0.9]: an IndexError
+            param = torch.zeros(1, requires_grad=True, device=device)
+            optimizer = cls([param], **given)
+            if device is not None:
+                param.grad = torch.zeros_like(param)
+                optimizer.step()
+        # betas=[0.9]: an IndexError; capturable=true on a CPU: an AssertionError from the step
+        except (ValueError, TypeError, RuntimeError, IndexError, KeyError, AssertionError) as err:
             return str(err) or type(err).__name__
         return None
 
@@ -100,11 +112,11 @@ def check_optimizer(cfg: Mapping[str, Any]) -> None:
     if together is None:
         return
     problems = [  # each value the optimizer refuses even alone, so that each is named
-        (f"optimizer.{key}", f"{value!r} is refused by {cls.__name__}: {why}")
+        (f"optimizer.{key}", f"{value!r} is refused by {cls.__name__}{on}: {why}")
         for key, value in options.items()
         if (why := refusal(**{key: value})) is not None
     ]
-    raise ConfigError(problems or [("optimizer", f"{cls.__name__} refuses these settings together: {together}")])
+    raise ConfigError(problems or [("optimizer", f"{cls.__name__} refuses these settings together{on}: {together}")])
 
 
 def check_scheduler(cfg: Mapping[str, Any]) -> None:
@@ -155,13 +167,15 @@ def build_optimizer(
             ``None``: decided from ``module`` as it is now.
 
     Raises:
+        tfgraph.ConfigError: for an optimizer config refused, by a step on the parameters' device too.
         RuntimeError: when ``module`` has a parameter that ``plan`` does not name.
     """
-    check_optimizer(cfg)
+    params = [(unwrapped_name(n), p) for n, p in module.named_parameters() if p.requires_grad]
+    device = params[0][1].device if params else None
+    check_optimizer(cfg, device=None if device is None or device.type == "meta" else device)
     cls, options = _named(OPTIMIZERS, cfg, "optimizer")
     weight_decay = options.pop("weight_decay", 0.0)
     plan = decay_plan(module) if plan is None else plan
-    params = [(unwrapped_name(n), p) for n, p in module.named_parameters() if p.requires_grad]
     unplanned = [name for name, _ in params if name not in plan]
     if unplanned:
         raise RuntimeError(
