@@ -1,9 +1,10 @@
 """Attention inspection: the weights of every attention block for an input, heatmaps, and what each token reads.
 
-The attention blocks know nothing of it: they score through their ``attend`` method (SDPA; see
+The attention blocks know nothing of it: they score through their ``attend`` method (the kernel the stack chose; see
 :class:`~tfgraph.blocks.attention.ScaledDotProductAttention`). While :func:`recording` runs, it replaces that method
 on each attention block of the model by :func:`recorded_attention`, which computes ``softmax(q k^T * scale + mask)``
-explicitly (the same output as SDPA) and keeps the weights; on exit the blocks' own method is back.
+explicitly (the same output as the kernels) and keeps the weights, and the stacks build dense masks for it; on exit
+the blocks' own method and the stacks' backend are back.
 
     weights = attention_weights(model, input_ids)          # {"decoder.layers.0.attn": [B, H, Tq, Tk], ...}
     attention_map(model, input_ids, layer=3, head=5)         # [B, Tq, Tk]
@@ -15,42 +16,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tfgraph.blocks.attention import ScaledDotProductAttention
+from tfgraph.blocks.kernels import math_attention
+from tfgraph.models.transformer import Stack
 
 
 def recorded_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool, scale: float | None
 ) -> tuple[Tensor, Tensor]:
-    """What ``F.scaled_dot_product_attention`` computes (without dropout), with the weights made explicit.
-
-    ``weights = softmax(q k^T * scale + mask)``; the causal mask of ``is_causal`` aligns the top-left corner as in SDPA.
-
-    Args:
-        q: [B, H, Tq, hd].
-        k: [B, H_kv, Tk, hd]; ``H_kv`` divides ``H`` (grouped heads are repeated).
-        v: [B, H_kv, Tk, hd].
-        mask: ``None``, a boolean mask (True = may attend) or an additive one, broadcastable to [B, H, Tq, Tk].
-        is_causal: mask keys after each query.
-        scale: the score scale; ``None`` = ``1 / sqrt(hd)``.
-
-    Returns:
-        The output [B, H, Tq, hd] and the weights [B, H, Tq, Tk].
-    """
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
-    if is_causal:
-        later = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(later, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    weights = scores.softmax(dim=-1)
-    return weights @ v, weights
+    """What the attention kernels compute (without dropout), with the weights made explicit: the math reference,
+    :func:`tfgraph.blocks.kernels.math_attention` (see there for the shapes). Returns the output and the weights."""
+    return math_attention(q, k, v, mask, is_causal=is_causal, scale=scale)
 
 
 @contextmanager
@@ -61,22 +42,27 @@ def recording(model: nn.Module) -> Iterator[dict[str, Tensor]]:
     (``decoder.layers.0.attn``), ``[B, H, Tq, Tk]``; of several forwards, the last one's.
     """
     blocks = {m: name for name, m in model.named_modules() if isinstance(m, ScaledDotProductAttention)}
+    stacks = {m: m.attention_backend for m in model.modules() if isinstance(m, Stack)}
     by_module: dict[nn.Module, Tensor] = {}
     named: dict[str, Tensor] = {}
     for block in blocks:
         block.attend = _recorder(block, by_module)  # an instance attribute: it hides the class's method
+    for stack in stacks:
+        stack.attention_backend = "math"  # dense masks, which the recorder reads
     try:
         yield named
     finally:
         for block in blocks:
             del block.attend
+        for stack, backend in stacks.items():
+            stack.attention_backend = backend
         named.update({blocks[block]: weights for block, weights in by_module.items()})
 
 
 def _recorder(block: ScaledDotProductAttention, into: dict[nn.Module, Tensor]) -> Callable[..., Tensor]:
     """An ``attend`` for ``block`` that computes the weights explicitly and keeps them in ``into[block]``."""
 
-    def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool = False) -> Tensor:
+    def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool = False, **_: Any) -> Tensor:
         y, into[block] = recorded_attention(q, k, v, mask, is_causal=is_causal, scale=block.softmax_scale)
         return y
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from tfgraph.blocks.kernels import BACKENDS
 from tfgraph.graph import SLOTS, GraphSpec, Part, parse_graph
 from tfgraph.registry import (
     ConfigError,
@@ -51,6 +52,7 @@ MODEL_KEYS = (
     "pattern",
     "init_std",
     "activation_checkpointing",
+    "attention_backend",
     "plugins",
     *PART_KINDS,
 )
@@ -85,6 +87,7 @@ class ModelSpec:
     decoder: StackSpec | None  # decoder_only and encoder_decoder
     config: dict[str, Any]  # the resolved model config as plain containers
     activation_checkpointing: bool = False  # each layer graph recomputed in the backward pass instead of kept
+    attention_backend: str = "auto"  # the attention kernel: auto | sdpa | flex | math (tfgraph.blocks.kernels)
 
 
 def to_container(cfg: Any, path: str = "model") -> dict[str, Any]:
@@ -156,6 +159,9 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
     if (message := check_value(init_std, Annotated[float, Positive])) is not None:
         problems.add(f"{path}.init_std", message)
     checkpointing = _flag(cfg, "activation_checkpointing", False, path, problems)
+    backend = cfg.get("attention_backend", "auto")
+    if backend not in BACKENDS:
+        problems.add(f"{path}.attention_backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
     problems.raise_if_any()
     return ModelSpec(
         topology=topology,
@@ -163,6 +169,7 @@ def model_spec(cfg: Any, path: str = "model") -> ModelSpec:
         init_std=float(init_std),
         config=cfg,
         activation_checkpointing=checkpointing,
+        attention_backend=backend,
         **outer,
         **stacks,
     )

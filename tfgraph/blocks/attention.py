@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tfgraph.blocks import kernels
 from tfgraph.blocks.context import AttentionContext, KVCache, MemoryKV
 from tfgraph.blocks.position import apply_rotary
 from tfgraph.registry import AtLeast, Positive, Probability, extend_arguments, register
@@ -54,19 +54,20 @@ def _merge_heads(y: Tensor) -> Tensor:
     return y.transpose(1, 2).contiguous().view(B, T, H * D)
 
 
-def _as_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
+def _as_mask(mask: Tensor | kernels.FlexMask | None, like: Tensor) -> Tensor | kernels.FlexMask | None:
     """SDPA takes a boolean mask or an additive one in the query's dtype (a float32 bias under bf16, say)."""
-    if mask is None or mask.dtype == torch.bool:
+    if not isinstance(mask, Tensor) or mask.dtype == torch.bool:
         return mask
     return mask.to(like.dtype)
 
 
 class ScaledDotProductAttention(nn.Module):
-    """What the attention blocks share: scoring queries against keys with ``F.scaled_dot_product_attention``.
+    """What the attention blocks share: scoring queries against keys, by the kernel the stack chose.
 
     Subclasses set ``n_heads``, ``n_kv_heads``, ``dropout`` and ``softmax_scale`` and call :meth:`attend` with their
-    projected heads. :func:`tfgraph.attention_maps.recording` replaces :meth:`attend` on an instance while it
-    records, so the blocks' own code never knows.
+    projected heads, the mask and the kernel of the context (:mod:`tfgraph.blocks.kernels`: SDPA, FlexAttention or
+    the math reference; the block's math is the same for all). :func:`tfgraph.attention_maps.recording` replaces
+    :meth:`attend` on an instance while it records, so the blocks' own code never knows.
     """
 
     n_heads: int
@@ -74,21 +75,31 @@ class ScaledDotProductAttention(nn.Module):
     dropout: float
     softmax_scale: float | None
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, is_causal: bool = False) -> Tensor:
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | kernels.FlexMask | None,
+        *,
+        is_causal: bool = False,
+        kernel: str = "sdpa",
+    ) -> Tensor:
         """``softmax(q k^T * scale + mask) v``: q [B, H, Tq, hd], k and v [B, H_kv, Tk, hd] -> [B, H, Tq, hd].
 
-        ``mask`` is ``None``, a boolean mask (True = may attend) or an additive one in ``q``'s dtype; ``is_causal``
-        (with no mask) masks keys after each query. Dropout on the weights while training.
+        ``mask`` is ``None``, a boolean mask (True = may attend), an additive one in ``q``'s dtype, or a
+        :class:`~tfgraph.blocks.kernels.FlexMask` (``kernel="flex"``); ``is_causal`` (with no mask) masks keys after
+        each query. Dropout on the weights while training. ``kernel``: ``sdpa``, ``flex`` or ``math``.
         """
-        return F.scaled_dot_product_attention(
+        return kernels.attend(
             q,
             k,
             v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
+            mask,
+            kernel=kernel,
             is_causal=is_causal,
             scale=self.softmax_scale,
-            enable_gqa=self.n_kv_heads != self.n_heads,
+            dropout=self.dropout if self.training else 0.0,
         )
 
 
@@ -167,7 +178,7 @@ class MultiHeadAttention(ScaledDotProductAttention):
             if start:
                 k, v = k[:, :, start:], v[:, :, start:]
         mask = _as_mask(ctx.masks[self.window], q)
-        y = self.attend(q, k, v, mask, is_causal=mask is None and ctx.is_causal)  # [B, H, T, hd]
+        y = self.attend(q, k, v, mask, is_causal=mask is None and ctx.is_causal, kernel=ctx.kernel)  # [B, H, T, hd]
         return self.out(_merge_heads(y))
 
 
@@ -269,5 +280,5 @@ class CrossAttention(ScaledDotProductAttention):
             if cache.k is None:
                 cache.k, cache.v = self.memory_kv(memory)
             k, v = cache.k, cache.v
-        y = self.attend(q, k, v, _as_mask(ctx.memory_mask, q))  # [B, H, Tq, hd]
+        y = self.attend(q, k, v, _as_mask(ctx.memory_mask, q), kernel=ctx.kernel)  # [B, H, Tq, hd]
         return self.out(_merge_heads(y))

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tfgraph.blocks.kernels import FlexMask
+
 
 @dataclass
 class AttentionContext:
@@ -44,6 +46,8 @@ class AttentionContext:
             ``offset .. offset + Tq - 1`` and the keys slots ``key_start[window] .. offset + Tq - 1``.
         key_start: with a KV cache, per window, the first cached slot any query of this call may see (the masks
             of that window start there too). Unused without a cache.
+        kernel: the attention kernel the stack chose (:mod:`tfgraph.blocks.kernels`): ``sdpa`` or ``math`` with the
+            dense masks above, ``flex`` with :class:`~tfgraph.blocks.kernels.FlexMask` masks in their place.
     """
 
     masks: dict[int | None, Tensor | None] = field(default_factory=lambda: {None: None})
@@ -52,14 +56,19 @@ class AttentionContext:
     memory_mask: Tensor | None = None
     offset: int = 0
     key_start: dict[int | None, int] = field(default_factory=dict)
+    kernel: str = "sdpa"
 
 
 class Position(nn.Module):
     """Base of position blocks; on its own it encodes no position (``none`` registers a subclass).
 
     A subclass overrides whichever of the three hooks its scheme uses. ``positions`` are ``[T]`` (every row
-    alike, the common case) or ``[B, T]`` (per row, under left padding).
+    alike, the common case) or ``[B, T]`` (per row, under left padding). A bias scheme whose bias depends on the
+    query and key slots only through ``key - query`` sets ``relative_bias = True``: FlexAttention then reads it from a
+    per-distance table instead of a ``[H, Tq, Tk]`` one.
     """
+
+    relative_bias = False
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         """Absolute schemes add to the embeddings. x: [B, T, d_model], positions: [T] or [B, T] -> [B, T, d_model]."""
@@ -89,6 +98,80 @@ def _allowed(q_pos: Tensor, k_pos: Tensor, *, causal: bool, window: int | None, 
     return allowed
 
 
+def has_score_bias(position: Position) -> bool:
+    """Whether ``position`` adds a bias to the attention scores (overrides :meth:`Position.score_bias`)."""
+    return type(position).score_bias is not Position.score_bias
+
+
+def flex_mask(
+    position: Position,
+    *,
+    queries: tuple[int, int],
+    keys: tuple[int, int],
+    causal: bool,
+    window: int | None,
+    key_mask: Tensor | None,
+    device: torch.device | str,
+) -> FlexMask:
+    """The :class:`FlexMask` of what :func:`_allowed` and the position's score bias give as dense tensors.
+
+    Args:
+        position: the stack's position block (its score bias becomes the score modification).
+        queries: ``(first slot, count)`` of the queries.
+        keys: ``(first slot, count)`` of the keys.
+        causal: whether a query sees only slots up to its own.
+        window: the sliding window (``None`` = global).
+        key_mask: ``[B, >= first key slot + count]``, True for slots holding real tokens, or ``None``.
+        device: where the queries live.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    (q0, q_len), (k0, k_len) = queries, keys
+
+    def allowed(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        rel = (q + q0) - (kv + k0)  # query slot minus key slot, as _allowed
+        ok = rel >= 0 if causal else None
+        if window is not None:
+            near = (rel < window) if causal else (rel.abs() < window)
+            ok = near if ok is None else ok & near
+        if key_mask is not None:
+            real = key_mask[b, kv + k0]
+            ok = (real if ok is None else ok & real) | (rel == 0)
+        return ok
+
+    block_mask = None
+    if causal or window is not None or key_mask is not None:
+        batch = None if key_mask is None else key_mask.shape[0]
+        block_mask = create_block_mask(allowed, batch, None, q_len, k_len, device=device)
+    return FlexMask(block_mask=block_mask, score_mod=_flex_score_mod(position, queries, keys, causal, device))
+
+
+def _flex_score_mod(
+    position: Position, queries: tuple[int, int], keys: tuple[int, int], causal: bool, device: torch.device | str
+) -> Any:
+    """The position's score bias as ``flex_attention``'s ``score_mod``, or ``None`` without one."""
+    if not has_score_bias(position):
+        return None
+    (q0, q_len), (k0, k_len) = queries, keys
+    if position.relative_bias:  # one value per head and distance key - query: [H, R] from the smallest distance lo
+        lo = k0 - (q0 + q_len - 1)
+        distances = torch.arange(lo, k0 + k_len - q0, device=device)
+        table = position.score_bias(torch.zeros(1, dtype=torch.long, device=device), distances, causal=causal)[0, :, 0]
+
+        def relative(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            return score + table[h, (kv + k0) - (q + q0) - lo].to(score.dtype)
+
+        return relative
+    bias = position.score_bias(
+        torch.arange(q0, q0 + q_len, device=device), torch.arange(k0, k0 + k_len, device=device), causal=causal
+    )[0]  # [H, Tq, Tk]
+
+    def dense(score: Tensor, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        return score + bias[h, q, kv].to(score.dtype)
+
+    return dense
+
+
 def self_attention_context(
     position: Position,
     positions: Tensor,
@@ -97,6 +180,7 @@ def self_attention_context(
     padding_mask: Tensor | None = None,
     windows: Iterable[int | None] = (None,),
     rope_positions: Tensor | None = None,
+    kernel: str = "sdpa",
 ) -> AttentionContext:
     """Build the context of a self-attention stack over a whole sequence (no cache).
 
@@ -107,7 +191,25 @@ def self_attention_context(
         padding_mask: ``[B, T]``, 1 for tokens and 0 for padding, or ``None``.
         windows: the sliding windows used by the stack's attention blocks (``None`` = global).
         rope_positions: the positions rotary tables are taken at, ``[T]`` or ``[B, T]`` (default ``positions``).
+        kernel: the attention kernel (``sdpa``, ``flex`` or ``math``); ``flex`` gets :class:`FlexMask` masks.
     """
+    rope = position.rotary(positions if rope_positions is None else rope_positions)
+    if kernel == "flex":
+        span = (0, positions.shape[0])
+        key_mask = None if padding_mask is None else padding_mask.bool()
+        masks = {
+            window: flex_mask(
+                position,
+                queries=span,
+                keys=span,
+                causal=causal,
+                window=window,
+                key_mask=key_mask,
+                device=positions.device,
+            )
+            for window in windows
+        }
+        return AttentionContext(masks=masks, is_causal=causal, rope=rope, kernel=kernel)
     bias = position.score_bias(positions, positions, causal=causal)
     masks: dict[int | None, Tensor | None] = {}
     for window in windows:
@@ -116,8 +218,7 @@ def self_attention_context(
             continue
         allowed = _allowed(positions, positions, causal=causal, window=window, key_mask=padding_mask)
         masks[window] = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
-    rope = position.rotary(positions if rope_positions is None else rope_positions)
-    return AttentionContext(masks=masks, is_causal=causal, rope=rope)
+    return AttentionContext(masks=masks, is_causal=causal, rope=rope, kernel=kernel)
 
 
 def cached_attention_context(
@@ -128,6 +229,7 @@ def cached_attention_context(
     positions: Tensor,
     key_mask: Tensor | None,
     windows: Iterable[int | None],
+    kernel: str = "sdpa",
 ) -> AttentionContext:
     """Build the context of a causal stack that continues from a KV cache.
 
@@ -143,12 +245,37 @@ def cached_attention_context(
         positions: ``[length]`` or ``[B, length]`` positions of the new tokens (for rotary tables).
         key_mask: ``[B, >= offset + length]`` True for slots holding real tokens, or ``None`` (no padding so far).
         windows: the sliding windows used by the stack's attention blocks (``None`` = global).
+        kernel: the attention kernel (``sdpa``, ``flex`` or ``math``); ``flex`` gets :class:`FlexMask` masks. A
+            :class:`StaticStackCache` (a compiled decode step) always gets dense masks (``math`` stays ``math``).
     """
     if isinstance(offset, Tensor):
         return static_context(
-            position, offset=offset, length=length, positions=positions, key_mask=key_mask, windows=windows
+            position,
+            offset=offset,
+            length=length,
+            positions=positions,
+            key_mask=key_mask,
+            windows=windows,
+            kernel="math" if kernel == "math" else "sdpa",
         )
     end = offset + length
+    if kernel == "flex":
+        key_start = {w: 0 if w is None else max(0, offset + 1 - w) for w in windows}
+        masks = {
+            window: flex_mask(
+                position,
+                queries=(offset, length),
+                keys=(start, end - start),
+                causal=True,
+                window=window,
+                key_mask=key_mask,
+                device=positions.device,
+            )
+            for window, start in key_start.items()
+        }
+        return AttentionContext(
+            masks=masks, rope=position.rotary(positions), offset=offset, key_start=key_start, kernel=kernel
+        )
     q_pos = torch.arange(offset, end, device=positions.device)
     k_pos = torch.arange(end, device=positions.device)
     bias = position.score_bias(q_pos, k_pos, causal=True)
@@ -170,6 +297,7 @@ def cached_attention_context(
         rope=position.rotary(positions),
         offset=offset,
         key_start=key_start,
+        kernel=kernel,
     )
 
 
@@ -181,6 +309,7 @@ def static_context(
     positions: Tensor,
     key_mask: Tensor,
     windows: Iterable[int | None],
+    kernel: str = "sdpa",
 ) -> AttentionContext:
     """The context of a causal stack that continues from a :class:`StaticStackCache`: the queries attend to every
     slot of the cache, and the masks (``[B, 1, length, max_len]``) hide the slots after each query, outside its window
@@ -193,6 +322,7 @@ def static_context(
         positions: ``[B, length]`` positions of the new tokens (for rotary tables).
         key_mask: ``[B, max_len]`` True for slots holding real tokens (those not yet filled are masked anyway).
         windows: the sliding windows used by the stack's attention blocks (``None`` = global).
+        kernel: ``sdpa`` or ``math`` (dense masks).
     """
     q_pos = offset + torch.arange(length, device=key_mask.device)
     k_pos = torch.arange(key_mask.shape[1], device=key_mask.device)
@@ -202,12 +332,28 @@ def static_context(
         allowed = _allowed(q_pos, k_pos, causal=True, window=window, key_mask=key_mask)
         masks[window] = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
     return AttentionContext(
-        masks=masks, rope=position.rotary(positions), offset=offset, key_start=dict.fromkeys(masks, 0)
+        masks=masks,
+        rope=position.rotary(positions),
+        offset=offset,
+        key_start=dict.fromkeys(masks, 0),
+        kernel=kernel,
     )
 
 
-def memory_mask(padding_mask: Tensor | None) -> Tensor | None:
-    """Cross-attention mask ``[B, 1, 1, Tk]`` from the encoder's ``[B, Tk]`` padding mask."""
+def memory_mask(padding_mask: Tensor | None, *, flex_queries: int | None = None) -> Tensor | FlexMask | None:
+    """Cross-attention mask ``[B, 1, 1, Tk]`` from the encoder's ``[B, Tk]`` padding mask; with ``flex_queries``
+    (the number of queries), the :class:`FlexMask` of it instead."""
+    if flex_queries is not None:
+        if padding_mask is None:
+            return FlexMask()
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        real = padding_mask.bool()
+
+        def allowed(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            return real[b, kv]
+
+        return FlexMask(create_block_mask(allowed, real.shape[0], None, flex_queries, real.shape[1], device=real.device))
     return None if padding_mask is None else padding_mask[:, None, None, :].bool()
 
 

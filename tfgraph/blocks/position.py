@@ -355,6 +355,8 @@ class ALiBiPosition(Position):
         n_heads: number of query heads; every head gets its own slope.
     """
 
+    relative_bias = True  # the bias depends on key - query only (see Position)
+
     def __init__(self, *, n_heads: int) -> None:
         super().__init__()
         if n_heads <= 0:
@@ -417,6 +419,7 @@ class T5RelativeBias(Position):
     """
 
     hf_layout = {"relative_attention_bias": "table"}  # as Hugging Face checkpoints hold it (tfgraph.interop)
+    relative_bias = True  # the bias depends on key - query only (see Position)
 
     def __init__(
         self,

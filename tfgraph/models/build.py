@@ -73,6 +73,7 @@ def _build_stack(stack: StackSpec, spec: ModelSpec) -> Stack:
         embed_norm=spec.embed_norm.build() if spec.embed_norm else None,
         final_norm=spec.final_norm.build() if spec.final_norm else None,
         activation_checkpointing=spec.activation_checkpointing,
+        attention_backend=spec.attention_backend,
     )
 
 

@@ -23,14 +23,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from tfgraph.blocks.attention import ScaledDotProductAttention
 from tfgraph.blocks.context import (
     AttentionContext,
     Position,
     StackCache,
     cached_attention_context,
+    has_score_bias,
     memory_mask,
     self_attention_context,
 )
+from tfgraph.blocks.kernels import BACKENDS
 from tfgraph.graph import LayerGraph
 from tfgraph.registry import reports_aux_loss
 
@@ -57,6 +60,11 @@ class Stack(nn.Module):
     With ``activation_checkpointing`` each layer graph keeps only its input for the backward pass and runs again
     there (``torch.utils.checkpoint``, non-reentrant, so it traces under ``torch.compile``): less memory for a
     second forward of the layers. It applies while training with gradients on, never with a cache.
+
+    ``attention_backend`` picks the attention kernel of every forward (:mod:`tfgraph.blocks.kernels`): ``sdpa``,
+    ``flex``, ``math``, or ``auto``: ``flex`` on CUDA for a forward without a cache whose masks carry a position bias or a
+    sliding window (and no attention dropout while training), ``sdpa`` otherwise. The blocks' math is the same for all;
+    it may be set on a built model (``stack.attention_backend = "math"``).
     """
 
     def __init__(
@@ -69,8 +77,12 @@ class Stack(nn.Module):
         embed_norm: nn.Module | None = None,
         final_norm: nn.Module | None = None,
         activation_checkpointing: bool = False,
+        attention_backend: str = "auto",
     ) -> None:
         super().__init__()
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {', '.join(BACKENDS)}; got {attention_backend!r}")
+        self.attention_backend = attention_backend
         self.position = position
         self.embed_norm = embed_norm
         self.drop = nn.Dropout(dropout)
@@ -80,6 +92,23 @@ class Stack(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         self._compiled: Callable[..., Tensor] | None = None  # compile_layers(together=True)
         self.windows = tuple(dict.fromkeys(w for layer in layers for w in layer.windows())) or (None,)
+        # auto's flex: where the masks carry what SDPA can only take densely, and no attention block drops weights
+        self._flex_pays = has_score_bias(position) or any(w is not None for w in self.windows)
+        self._drops_weights = any(
+            isinstance(m, ScaledDotProductAttention) and m.dropout > 0 for layer in layers for m in layer.modules()
+        )
+
+    def kernel(self, x: Tensor, cache: StackCache | None) -> str:
+        """The attention kernel of a forward over ``x`` (``sdpa``, ``flex`` or ``math``), from ``attention_backend``."""
+        if self.attention_backend != "auto":
+            return self.attention_backend
+        flex = (
+            x.device.type == "cuda"
+            and cache is None
+            and self._flex_pays
+            and not (self.training and self._drops_weights)
+        )
+        return "flex" if flex else "sdpa"
 
     def run_layers(self, x: Tensor, ctx: AttentionContext, memory: Tensor | None = None) -> Tensor:
         """The layers one after another without a cache (training, evaluation), checkpointed where that is on."""
@@ -148,6 +177,7 @@ class Stack(nn.Module):
         cache: StackCache | None,
     ) -> tuple[Tensor, AttentionContext]:
         """The embeddings with positions, embedding norm and dropout, and the attention context of this forward."""
+        kernel = self.kernel(x, cache)
         if cache is None:
             positions = torch.arange(x.shape[1], device=x.device)
             ctx = self_attention_context(
@@ -157,6 +187,7 @@ class Stack(nn.Module):
                 padding_mask=padding_mask,
                 windows=self.windows,
                 rope_positions=position_ids,
+                kernel=kernel,
             )
             if position_ids is not None:
                 positions = position_ids
@@ -173,8 +204,9 @@ class Stack(nn.Module):
                 positions=positions,
                 key_mask=cache.key_mask,
                 windows=self.windows,
+                kernel=kernel,
             )
-        ctx.memory_mask = memory_mask(memory_padding_mask)
+        ctx.memory_mask = memory_mask(memory_padding_mask, flex_queries=x.shape[1] if ctx.kernel == "flex" else None)
         x = self.position.embed(x, positions)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
