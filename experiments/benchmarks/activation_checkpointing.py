@@ -150,12 +150,14 @@ def main() -> None:
         "repeats": args.repeats,
         **measure(args.repeats, args.steps, args.tiny),
     }
-    table = markdown(result)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_readme and not args.tiny:
-        common.write_readme("activation_checkpointing", table, README_HEADING)
+    common.publish(
+        "activation_checkpointing",
+        markdown(result),
+        result,
+        args.out,
+        readme=args.write_readme and not args.tiny,
+        heading=README_HEADING,
+    )
 
 
 if __name__ == "__main__":

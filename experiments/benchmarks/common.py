@@ -159,6 +159,16 @@ def fresh_processes(command: Callable[[str], list[str]], names: Iterable[str], r
     return runs
 
 
+def publish(benchmark: str, table: str, result: dict, out: Path, *, readme: bool, heading: str) -> None:
+    """Print ``table``, write ``result`` as JSON to ``out`` and, with ``readme``, the table into ``benchmark``'s
+    part of experiments/README.md (see :func:`write_readme`)."""
+    print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if readme:
+        write_readme(benchmark, table, heading)
+
+
 def write_readme(benchmark: str, table: str, heading: str) -> None:
     """Replace ``benchmark``'s part of experiments/README.md (between its markers); where the markers are missing,
     append ``heading`` (the section's title and introduction) and the part."""

@@ -26,7 +26,6 @@ table into its section of ``experiments/README.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -294,12 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
         "training": training(args, sizes, device),
         "generation": generation(args, sizes, device),
     }
-    table = markdown(result)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_readme and not args.tiny:
-        common.write_readme("gpu", table, README_HEADING)
+    common.publish(
+        "gpu", markdown(result), result, args.out, readme=args.write_readme and not args.tiny, heading=README_HEADING
+    )
     return result
 
 

@@ -350,12 +350,9 @@ def main() -> None:
     result["memory_rss"] = rss_peaks(args.rss_repeats, args.rss_steps)
     result["seconds"] = time.time() - start
 
-    table = markdown(result)
-    print(table)
-    RESULT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULT_PATH.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write_readme:
-        common.write_readme("train_throughput", table, README_HEADING)
+    common.publish(
+        "train_throughput", markdown(result), result, RESULT_PATH, readme=args.write_readme, heading=README_HEADING
+    )
 
 
 if __name__ == "__main__":
