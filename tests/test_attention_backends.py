@@ -238,3 +238,21 @@ def test_compiled_flex_equals_the_math_reference(monkeypatch, position):
     model = build(["model=llama_tiny", f"model/position={position}", "model.n_kv_heads=2", *STD])
     batch = padded_batch(model)
     torch.testing.assert_close(forward(model, batch, "flex"), forward(model, batch, "math"), rtol=0, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_the_benchmark_checks_every_backend_against_math_at_a_tiny_size(tmp_path):
+    """experiments/benchmarks/attention_backends.py, tiny, one case: it checks and times every backend."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "attention_backends.py"
+    out = tmp_path / "ab.json"
+    argv = [sys.executable, str(script), "--tiny", "--rounds", "1", "--cases", "ALiBi", "--out", str(out)]
+    table = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    assert "| ALiBi | **flex** |" in table
+    case = json.loads(out.read_text())["cases"]["ALiBi"]
+    assert set(case["median_ms"]) == {"math", "sdpa", "flex"} and max(case["max_abs_diff_vs_math"].values()) <= 1e-4
+    assert all(peak > 0 for peak in case["peak_bytes"].values())
