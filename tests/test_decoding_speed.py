@@ -28,14 +28,16 @@ def fresh_choices():
     cpu.forget_choices()
 
 
-def fake_timing(monkeypatch, step_ms: dict[str, float]) -> list[int]:
-    """Replace the timing of decode steps by ``step_ms`` (their ratio as the median of the pairs'); returns the list
-    of the rows each timing was asked for."""
+def fake_timing(monkeypatch, step_ms: dict[str, float], clear: bool = True, budgets: list | None = None) -> list[int]:
+    """Replace the timing of decode steps by ``step_ms`` (their ratio as the median of the pairs', ``clear`` or not);
+    returns the list of the rows each timing was asked for (and appends its time budget to ``budgets``)."""
     asked = []
 
-    def timed(model, *, rows, use_cache=True, pairs=None):
+    def timed(model, *, rows, use_cache=True, pairs=None, max_seconds=cpu.MAX_SECONDS):
         asked.append(rows)
-        return cpu.StepTiming(dict(step_ms), step_ms["onednn"] / step_ms["pytorch"], 8, 0.1)
+        if budgets is not None:
+            budgets.append(max_seconds)
+        return cpu.StepTiming(dict(step_ms), step_ms["onednn"] / step_ms["pytorch"], 8, 0.1, clear)
 
     monkeypatch.setattr(cpu, "time_decode_steps", timed)
     return asked
@@ -70,19 +72,21 @@ def test_onednn_is_chosen_only_when_faster_by_the_margin(ratio, kernel):
 
 
 @pytest.mark.parametrize(
-    ("ratios", "seconds", "done"),
+    ("ratios", "seconds", "done", "clear"),
     [
-        ([0.5] * 7, 0.5, False),  # fewer than MIN_PAIRS pairs
-        ([0.5] * 8, 0.05, False),  # under MIN_SECONDS
-        ([0.5] * 8, 0.2, True),  # clearly below the threshold
-        ([2.0] * 10 + [0.1] * 2, 0.2, True),  # clearly above it, whatever a burst did to two pairs
-        ([0.85, 0.95] * 10, 0.2, False),  # straddles 0.9: time on
-        ([0.85, 0.95] * 10, cpu.MAX_SECONDS, True),  # ... until the time is up
-        ([0.85, 0.95] * (cpu.MAX_PAIRS // 2), 0.2, True),  # ... or the pairs
+        ([0.5] * 7, 0.5, False, True),  # fewer than MIN_PAIRS pairs (clear, but time on)
+        ([0.5] * 8, 0.05, False, True),  # under MIN_SECONDS
+        ([0.5] * 8, 0.2, True, True),  # clearly below the threshold
+        ([2.0] * 10 + [0.1] * 2, 0.2, True, True),  # clearly above it, whatever a burst did to two pairs
+        ([2.0] * 3 + [0.1] * 2, 0.2, False, False),  # two of five against: not clear
+        ([0.85, 0.95] * 10, 0.2, False, False),  # straddles 0.9: time on
+        ([0.85, 0.95] * 10, cpu.MAX_SECONDS, True, False),  # ... until the time is up
+        ([0.85, 0.95] * (cpu.MAX_PAIRS // 2), 0.2, True, False),  # ... or the pairs
     ],
 )
-def test_the_timing_stops_when_the_choice_is_clear(ratios, seconds, done):
-    assert cpu._enough(ratios, seconds, None) is done
+def test_the_timing_stops_when_the_choice_is_clear(ratios, seconds, done, clear):
+    assert cpu._enough(ratios, seconds, None) is done and cpu.clear(ratios) is clear
+    assert cpu._enough(ratios, 0.05, None, max_seconds=0.05)  # a shorter budget (timing again after a drift)
     assert cpu._enough(ratios, 0.0, len(ratios)) and not cpu._enough(ratios, 10.0, len(ratios) + 1)  # pairs given
 
 
@@ -109,6 +113,26 @@ def test_a_choice_whose_steps_drift_is_timed_again(monkeypatch):
     monkeypatch.setattr(cpu, "RETIME_SECONDS", 0.0)
     assert cpu.observe(choice, steps=100, seconds=100 * 1.2)  # 2.4 times slower: forgotten
     assert cpu.choose_linear(model, rows=1).reason == "measured"
+
+
+@needs_onednn
+def test_a_timing_again_is_short_and_switches_only_when_clear(monkeypatch):
+    budgets = []
+    fake_timing(monkeypatch, {"onednn": 1.0, "pytorch": 2.0}, budgets=budgets)
+    monkeypatch.setattr(cpu, "RETIME_SECONDS", 0.0)
+    model = build(["model=gpt2_tiny", *STD])
+    first = cpu.choose_linear(model, rows=1)
+    assert first.kernel == "onednn" and budgets == [cpu.MAX_SECONDS]
+
+    fake_timing(monkeypatch, {"onednn": 3.0, "pytorch": 2.0}, clear=False, budgets=budgets)  # unclear: stay
+    assert cpu.observe(first, steps=20, seconds=2.0)  # 100 ms steps against 1 ms timed
+    again = cpu.choose_linear(model, rows=1)
+    assert (again.kernel, again.reason, again.ratio) == ("onednn", "kept", 1.5)
+    assert budgets[1] == pytest.approx(cpu.RETIME_SHARE * 2.0)  # a tenth of the drifting generation's steps
+
+    fake_timing(monkeypatch, {"onednn": 3.0, "pytorch": 2.0}, clear=True, budgets=budgets)  # clear: switch
+    assert cpu.observe(again, steps=20, seconds=1000.0)  # 50 s steps against 3 ms timed
+    assert (cpu.choose_linear(model, rows=1).kernel, budgets[2]) == ("pytorch", cpu.MAX_SECONDS)  # at most 1 s
 
 
 @needs_onednn

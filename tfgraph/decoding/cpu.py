@@ -20,7 +20,9 @@ PyTorch's 29.9; a minute later, with other processes' tests and benchmarks runni
 117 ms (oneDNN's threads wait for each other at every matrix, and a thread whose core another process holds arrives
 late). So the timing is made robust to load that comes and goes (:func:`time_decode_steps`: the median of per-pair
 ratios, oneDNN only when faster by :data:`MARGIN`), and a choice whose generations' steps later run :data:`DRIFT`
-times slower or faster than it was timed is timed again (:func:`observe`, at most once every :data:`RETIME_SECONDS`).
+times slower or faster than it was timed is timed again (:func:`observe`), briefly and rarely: at most once every
+:data:`RETIME_SECONDS`, for at most :data:`RETIME_SHARE` of the drifting generation's step time, and the kernel
+changes only when that timing is clear.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ MIN_PAIRS, MAX_PAIRS, SESSION_PAIRS = 8, 400, 64
 MIN_SECONDS, MAX_SECONDS = 0.1, 1.0
 MARGIN = 0.1
 # when a generation's steps drift DRIFT times from the timed step (after at least MIN_OBSERVED_STEPS steps), the
-# choice is timed again, at most once every RETIME_SECONDS
-DRIFT, MIN_OBSERVED_STEPS, RETIME_SECONDS = 2.0, 16, 10.0
+# choice is timed again, at most once every RETIME_SECONDS and for at most RETIME_SHARE of that generation's step time
+DRIFT, MIN_OBSERVED_STEPS, RETIME_SECONDS, RETIME_SHARE = 2.0, 16, 30.0, 0.1
 
 
 @functools.cache
@@ -147,8 +149,9 @@ class LinearChoice:
     Attributes:
         kernel: ``"onednn"`` or ``"pytorch"``.
         reason: ``"measured"`` (timed just now), ``"remembered"`` (timed earlier in this process), ``"on disk"``
-            (timed by an earlier process on this machine), ``"forced"`` (``cpu_linear`` named it), ``"not a float32
-            CPU model"`` or ``"oneDNN unavailable"`` (PyTorch's own, nothing timed).
+            (timed by an earlier process on this machine), ``"kept"`` (timed again after a drift, not clearly enough
+            to change the kernel), ``"forced"`` (``cpu_linear`` named it), ``"not a float32 CPU model"`` or
+            ``"oneDNN unavailable"`` (PyTorch's own, nothing timed).
         step_ms: the median decode step per kernel in milliseconds, where timed.
         ratio: where timed, the median over the timed pairs of steps of oneDNN's step time over PyTorch's (below
             ``1 - MARGIN``: oneDNN is chosen).
@@ -167,12 +170,14 @@ class LinearChoice:
 @dataclass(frozen=True)
 class StepTiming:
     """What :func:`time_decode_steps` measured: ``step_ms`` the median step per kernel (ms), ``ratio`` the median of
-    the per-pair ratios oneDNN / PyTorch, ``pairs`` the pairs timed and ``seconds`` the wall time it took."""
+    the per-pair ratios oneDNN / PyTorch, ``pairs`` the pairs timed, ``seconds`` the wall time it took and ``clear``
+    whether the median is clearly on one side of ``1 - MARGIN`` (:func:`clear`)."""
 
     step_ms: dict[str, float]
     ratio: float
     pairs: int
     seconds: float
+    clear: bool = True
 
     def kernel(self) -> Kernel:
         """oneDNN where its steps are faster by more than :data:`MARGIN`, else PyTorch's own kernel."""
@@ -181,7 +186,7 @@ class StepTiming:
 
 _chosen: dict[str, LinearChoice] = {}  # this process's measurements, by choice_key
 _timed_at: dict[str, float] = {}  # when each was timed (time.monotonic())
-_stale: set[str] = set()  # keys whose choice drifted: time again, whatever the disk remembers
+_stale: dict[str, tuple[LinearChoice, float]] = {}  # drifted choices, to time again (whatever the disk says) in seconds
 _measured: list[LinearChoice] = []  # every timing of this process, oldest first
 
 
@@ -210,12 +215,15 @@ def choose_linear(
     key = choice_key(model, rows, use_cache)
     if key in _chosen:
         return replace(_chosen[key], reason="remembered")
-    choice = None if key in _stale else _read_remembered(key)
+    drifted, budget = _stale.pop(key, (None, MAX_SECONDS))
+    choice = None if drifted else _read_remembered(key)
     if choice is None:
-        timing = time_decode_steps(model, rows=rows, use_cache=use_cache, pairs=pairs)
-        choice = LinearChoice(timing.kernel(), "measured", timing.step_ms, timing.ratio, timing.pairs, key)
+        timing = time_decode_steps(model, rows=rows, use_cache=use_cache, pairs=pairs, max_seconds=budget)
+        kernel, reason = timing.kernel(), "measured"
+        if drifted and not timing.clear and kernel != drifted.kernel:
+            kernel, reason = drifted.kernel, "kept"  # a short timing under changed load: not enough to switch on
+        choice = LinearChoice(kernel, reason, timing.step_ms, timing.ratio, timing.pairs, key)
         _timed_at[key] = time.monotonic()
-        _stale.discard(key)
         _measured.append(choice)
         _write_remembered(key, choice)
     _chosen[key] = choice
@@ -227,7 +235,9 @@ def observe(choice: LinearChoice, *, steps: int, seconds: float) -> bool:
     :data:`DRIFT` times longer (or shorter) than the timing found, so that the next generation times the kernels
     again (the machine's load changed since: on a busy machine oneDNN's threads wait for each other, and the
     kernel that was faster idle can be several times slower). A choice is timed again at most once every
-    :data:`RETIME_SECONDS`, and only after at least :data:`MIN_OBSERVED_STEPS` steps.
+    :data:`RETIME_SECONDS`, only after at least :data:`MIN_OBSERVED_STEPS` steps, and for at most
+    :data:`RETIME_SHARE` of this generation's ``seconds`` (so that it costs the next generation little); the
+    kernel then changes only if that timing is clear (:func:`clear`).
 
     Returns:
         Whether the choice was forgotten.
@@ -241,7 +251,7 @@ def observe(choice: LinearChoice, *, steps: int, seconds: float) -> bool:
     if time.monotonic() - _timed_at.get(choice.key, -math.inf) < RETIME_SECONDS:
         return False
     _chosen.pop(choice.key, None)
-    _stale.add(choice.key)
+    _stale[choice.key] = (choice, min(MAX_SECONDS, RETIME_SHARE * seconds))
     return True
 
 
@@ -267,7 +277,9 @@ def choice_key(model: nn.Module, rows: int, use_cache: bool = True) -> str:
 
 
 @torch.no_grad()
-def time_decode_steps(model: nn.Module, *, rows: int, use_cache: bool = True, pairs: int | None = None) -> StepTiming:
+def time_decode_steps(
+    model: nn.Module, *, rows: int, use_cache: bool = True, pairs: int | None = None, max_seconds: float = MAX_SECONDS
+) -> StepTiming:
     """Time one-token decode steps of ``model`` in pairs, one step on each kernel, until the faster one is clear.
 
     Sessions of ``rows`` one-token prompts (encoder-decoder: one-token sources) feed the steps, each session at most
@@ -277,7 +289,8 @@ def time_decode_steps(model: nn.Module, *, rows: int, use_cache: bool = True, pa
     per-pair ratios, which a burst of load on a few steps does not move. Without ``pairs``, the timing runs at least
     :data:`MIN_PAIRS` pairs and :data:`MIN_SECONDS` (to sample the machine's load over a while, not one moment), then
     stops as soon as the median ratio is clearly on one side of ``1 - MARGIN`` (a sign-test interval of about 95%
-    excludes it), and at the latest after :data:`MAX_SECONDS` or :data:`MAX_PAIRS` pairs.
+    excludes it, :func:`clear`), and at the latest after ``max_seconds`` (at least one pair) or :data:`MAX_PAIRS`
+    pairs.
     """
     per_session = max(1, min(SESSION_PAIRS, (getattr(model, "max_len", 1 << 20) - 3) // len(KERNELS)))
     device = next(model.parameters()).device
@@ -303,24 +316,30 @@ def time_decode_steps(model: nn.Module, *, rows: int, use_cache: bool = True, pa
             for kernel, seconds in took.items():
                 times[kernel].append(seconds)
             ratios.append(took["onednn"] / took["pytorch"])
-            if _enough(ratios, time.perf_counter() - start, pairs):
+            if _enough(ratios, time.perf_counter() - start, pairs, max_seconds):
                 seconds = time.perf_counter() - start
                 step_ms = {kernel: 1e3 * statistics.median(t) for kernel, t in times.items()}
-                return StepTiming(step_ms, statistics.median(ratios), len(ratios), seconds)
+                return StepTiming(step_ms, statistics.median(ratios), len(ratios), seconds, clear(ratios))
 
 
-def _enough(ratios: list[float], seconds: float, pairs: int | None) -> bool:
+def _enough(ratios: list[float], seconds: float, pairs: int | None, max_seconds: float = MAX_SECONDS) -> bool:
     """Whether the timing can stop: ``pairs`` timed, or the choice clear (or out of time) by the rule of
     :func:`time_decode_steps`."""
     n = len(ratios)
     if pairs is not None:
         return n >= pairs
-    if n >= MAX_PAIRS or seconds >= MAX_SECONDS:
+    if n >= MAX_PAIRS or seconds >= max_seconds:
         return True
-    if n < MIN_PAIRS or seconds < MIN_SECONDS:
+    return n >= MIN_PAIRS and seconds >= min(MIN_SECONDS, max_seconds) and clear(ratios)
+
+
+def clear(ratios: list[float]) -> bool:
+    """Whether the median of the per-pair ratios lies clearly on one side of ``1 - MARGIN``: the sign test's
+    interval of about 95% for the median (the ranks ``n/2 -+ 1.96 sqrt(n)/2``) excludes it; needs 5 pairs or more."""
+    n = len(ratios)
+    if n < 5:
         return False
-    ranked = sorted(ratios)  # the ranks n/2 -+ 1.96 sqrt(n)/2 bound the median at about 95% (the sign test)
-    half = 0.98 * math.sqrt(n)
+    ranked, half = sorted(ratios), 0.98 * math.sqrt(n)
     low, high = ranked[max(0, math.floor(n / 2 - half))], ranked[min(n - 1, math.ceil(n / 2 + half))]
     threshold = 1.0 - MARGIN
     return high < threshold or low > threshold
