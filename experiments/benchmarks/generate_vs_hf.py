@@ -302,8 +302,8 @@ def size_table(size: str, part: dict) -> list[str]:
     every, clean, choice = part["throughput"]["all"], part["throughput"]["uncontended"], part["choice"]
     again = choice["timings"][1:]
     retimed = (
-        f"; timed again {len(again)} time(s) during the rounds, its steps having drifted from the timing, and chose "
-        + ", ".join(f"{t['kernel']} (ratio {t['ratio']:.2f})" for t in again)
+        f"; timed again {len(again)} time(s) during the rounds, its steps having drifted from the timing: "
+        + ", ".join(f"{t['kernel']} ({t['reason']}, ratio {t['ratio']:.2f} of {t['pairs']} pairs)" for t in again)
         if again
         else ""
     )
@@ -476,7 +476,7 @@ def choice_record(choice: cpu.LinearChoice) -> dict:
     """What ``cpu_linear=auto`` chose for a model, and every timing of its kernels in this process so far (the first,
     then any made again because the steps drifted, :func:`tfgraph.decoding.cpu.observe`)."""
     timings = [
-        {"kernel": c.kernel, "ratio": c.ratio, "pairs": c.pairs, "step_ms": c.step_ms}
+        {"kernel": c.kernel, "reason": c.reason, "ratio": c.ratio, "pairs": c.pairs, "step_ms": c.step_ms}
         for c in cpu.measurements()
         if c.key == choice.key
     ]
