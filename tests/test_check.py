@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tfgraph
@@ -41,6 +42,7 @@ BROKEN_BLOCKS = [
     ("attention", "peek_ahead_test"),
     ("attention", "forgetful_cache_test"),
     ("attention", "no_cache_check_test"),
+    ("attention", "dense_masks_only_test"),
     ("ffn", "unused_parameter_test"),
     ("ffn", "mixes_positions_test"),
     ("ffn", "overflows_test"),
@@ -86,6 +88,15 @@ class NoCache(MultiHeadAttention):
 
     def forward(self, x, ctx):
         return super().forward(x, ctx)
+
+
+@tfgraph.register("attention", "dense_masks_only_test")
+class DenseMasksOnly(MultiHeadAttention):
+    """Attention that calls SDPA itself and so reads only dense masks: under flex it attends unmasked."""
+
+    def attend(self, q, k, v, mask, *, is_causal=False, kernel="sdpa"):
+        dense = mask if isinstance(mask, torch.Tensor) else None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, is_causal=is_causal, enable_gqa=True)
 
 
 @tfgraph.register("ffn", "unused_parameter_test")
@@ -162,6 +173,7 @@ BROKEN = [  # (check, overrides, what the blame names)
     ("padding_left", ["model=gpt2_tiny", "model.ffn.block=mixes_positions_test"], "decoder.layers.0.ffn"),
     ("cache", ["model=llama_tiny", "model.attention.block=forgetful_cache_test"], "decoder.layers.0.attn"),
     ("cache", ["model=t5_tiny", "model.attention.block=forgetful_cache_test"], "decoder.layers.0.attn"),
+    ("backends", ["model=gpt2_tiny", "model.attention.block=dense_masks_only_test"], "decoder.layers.0.attn"),
     ("compile", ["model=gpt2_tiny", "model.norm.block=graph_break_test"], "decoder.layers.0.norm1"),
     ("state_dict", ["model=gpt2_tiny", "model.norm.block=unsaved_state_test"], "decoder.layers.0.norm1"),
     ("gradients", ["model=gpt2_tiny", "model.ffn.block=unused_parameter_test"], "decoder.layers.0.ffn"),
@@ -173,7 +185,7 @@ BROKEN = [  # (check, overrides, what the blame names)
 def test_every_check_has_a_broken_block_that_fails_it():
     """Each check of tfgraph.checks.equivalence (hf_export's failures are tested in tests/test_hf_interop.py)."""
     own = {name for name, c in CHECKS.items() if c.function.__module__ == "tfgraph.checks.equivalence"}
-    assert {name for name, _, _ in BROKEN} == own and len(own) == 10
+    assert {name for name, _, _ in BROKEN} == own and len(own) == 11
 
 
 @pytest.mark.parametrize(("name", "overrides", "blamed"), BROKEN, ids=[f"{c}-{o[1]}" for c, o, _ in BROKEN])

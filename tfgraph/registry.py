@@ -233,7 +233,9 @@ class BlockProtocol:
     made by ``new_cache(batch, max_len, *, dtype, device)`` and passed after the context while generating), and,
     when it reports an auxiliary loss (a mixture of experts' load balancing), the annotation ``aux_loss: Tensor``
     of the attribute it sets on each forward. A block that takes the context may name its sliding window in
-    ``self.window`` (its mask's key in ``ctx.masks``; ``None`` or absent: global attention).
+    ``self.window`` (its mask's key in ``ctx.masks``; ``None`` or absent: global attention). The masks are in the
+    form of the kernel the stack chose (``ctx.kernel``; :mod:`tfgraph.blocks.kernels`): scoring through
+    ``ScaledDotProductAttention.attend`` serves them all.
 
     Attributes:
         kind: the kind it is registered under (``None`` for a class never registered).

@@ -9,6 +9,7 @@ causality      a change at position t leaves every output before t unchanged (ca
 padding_right  right padding leaves each row's real positions as the row alone computes them
 padding_left   the same for left padding, positions per row (decoder_only: its call takes position_ids)
 cache          greedy generation with the KV cache: the tokens and per-step logits of generation without
+backends       every attention kernel (``sdpa``, ``flex``) gives the ``math`` reference's output, padded
 compile        ``torch.compile(fullgraph=True)``: zero graph breaks, the output eager computes
 state_dict     the state dict through ``torch.save`` / ``torch.load(weights_only=True)``: the same model
 gradients      every trainable parameter gets a finite, non-zero gradient from the task's training loss

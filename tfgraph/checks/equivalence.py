@@ -246,6 +246,50 @@ def _cache_blame(subject: Subject, prompt: Tensor, mask: Tensor | None, generate
     return first_divergence(model, full, step, atol=subject.atol, pick_a=lambda x: x[:, -1:])
 
 
+# ------------------------------------------------------------------------------------------------ attention backends
+
+
+@register_check("backends", "every attention kernel (sdpa, flex) gives the math reference's output, padded")
+@torch.no_grad()
+def backends(subject: Subject) -> Outcome:
+    """The model's output, a row right-padded, under ``model.attention_backend`` ``sdpa`` and ``flex`` (unfused: the
+    same numbers as compiled, without compiling) against ``math``; the stacks' own backend is restored after."""
+    from tfgraph.blocks import kernels
+    from tfgraph.models.transformer import Stack
+
+    model, length = subject.model, subject.seq_len
+    stacks = {m: m.attention_backend for m in model.modules() if isinstance(m, Stack)}
+    if not stacks:
+        raise Skip("no stack of layers whose attention kernel could be chosen")
+    short = max(1, length - SHORT_BY)
+    ids = subject.tokens(2, length, seed=5)
+    mask = torch.tensor([[1] * length, [1] * short + [0] * (length - short)])
+    outputs: dict[str, Tensor] = {}
+    traces: dict[str, dict[str, Tensor]] = {}
+    compiled = kernels.COMPILE_FLEX
+    kernels.COMPILE_FLEX = False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "flex_attention called without torch.compile")
+            for backend in ("math", "sdpa", "flex"):
+                for stack in stacks:
+                    stack.attention_backend = backend
+                with traced(model) as traces[backend]:
+                    outputs[backend] = call(model, ids, mask, dec=ids, dec_mask=mask)
+    finally:
+        kernels.COMPILE_FLEX = compiled
+        for stack, backend in stacks.items():
+            stack.attention_backend = backend
+    diffs = {backend: max_diff(outputs[backend], outputs["math"]) for backend in ("sdpa", "flex")}
+    figure = "max |diff| vs math: " + ", ".join(f"{b} {_fmt(d)}" for b, d in diffs.items()) + f" (rows of {length}, {short})"
+    worst_backend = max(diffs, key=diffs.get)
+    worst = diffs[worst_backend]
+    if worst <= subject.atol:
+        return Outcome(passed=True, figure=figure, value=worst)
+    blame = first_divergence(model, traces["math"], traces[worst_backend], atol=subject.atol)
+    return Outcome(passed=False, figure=figure, value=worst, blame=blame)
+
+
 # ------------------------------------------------------------------------------------------------ compile
 
 
