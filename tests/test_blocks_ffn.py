@@ -94,6 +94,30 @@ def test_moe_matches_per_token_loop(expert, n_experts, top_k):
     torch.testing.assert_close(moe(x), brute_force(moe, x, top_k), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(("expert", "n_experts", "top_k"), [("gated", 4, 2), ("mlp", 4, 1), ("gated", 3, 3)])
+def test_moe_dense_dispatch_computes_the_sparse_output_and_gradients(expert, n_experts, top_k):
+    x = torch.randn(2, 5, D, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for dispatch in ("sparse", "dense"):
+        moe = make_moe(n_experts=n_experts, top_k=top_k, expert=expert, dispatch=dispatch)
+        out = moe(x)
+        (grad_x,) = torch.autograd.grad(out.square().sum() + moe.aux_loss, x)
+        results[dispatch] = (out, grad_x)
+    torch.testing.assert_close(results["dense"][0], results["sparse"][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results["dense"][1], results["sparse"][1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results["dense"][0], brute_force(make_moe(n_experts=n_experts, top_k=top_k, expert=expert), x.detach(), top_k), rtol=1e-10, atol=1e-10)
+
+
+def test_moe_auto_dispatch_is_dense_while_compiling_and_traces_whole():
+    moe = make_moe(n_experts=4, top_k=2)
+    x = torch.randn(2, 5, D, dtype=torch.float64)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(moe)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    compiled = torch.compile(moe, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), moe(x), rtol=1e-10, atol=1e-10)  # eager ran sparse
+
+
 def test_moe_only_routed_tokens_reach_an_expert():
     moe = make_moe(n_experts=4, top_k=2)
     seen = []
@@ -161,7 +185,7 @@ def test_moe_binds_its_own_options():
         problems=problems,
     )
     assert not problems
-    defaults = {"top_k": 2, "activation": "silu", "bias": False}
+    defaults = {"top_k": 2, "activation": "silu", "bias": False, "dispatch": "auto"}
     assert kwargs == {"n_experts": 4, "expert": "mlp", "d_model": 8, "d_ff": 16, **defaults}
     bind(MixtureOfExperts, {"expert": "dense"}, context={"d_model": 8, "d_ff": 16}, path="model.ffn", problems=problems)
     assert [path for path, _ in problems.items] == ["model.ffn.expert"]

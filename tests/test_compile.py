@@ -13,11 +13,9 @@ import tfgraph
 from tests.conftest import SWAPPABLE_GROUPS, TINY_PRESETS, build, group_options, run, tiny_text_run
 from tfgraph.tasks.base import compile_model
 
-# the mixture of experts gathers each expert's tokens with nonzero (a shape that depends on the routing): a graph
-# break unless torch._dynamo.config.capture_dynamic_output_shape_ops is on
-ROUTED = pytest.mark.xfail(strict=True, reason="moe's token dispatch (nonzero) has a data-dependent shape")
+# the mixture of experts traces whole too: while compiling its dispatch is dense (static shapes; tfgraph.blocks.ffn)
 MATRIX = [
-    pytest.param(preset, group, option, marks=[ROUTED] if option == "moe" else [], id=f"{preset}-{group}={option}")
+    pytest.param(preset, group, option, id=f"{preset}-{group}={option}")
     for preset in TINY_PRESETS
     for group in SWAPPABLE_GROUPS
     for option in group_options(group)

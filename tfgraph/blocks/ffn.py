@@ -131,6 +131,12 @@ class MixtureOfExperts(nn.Module):
     ``P_i`` the mean router probability of expert ``i`` over the ``N`` tokens. It is 1 when the load is
     uniform and ``n_experts`` when every token goes to one expert. Padding tokens are routed like any other.
 
+    Dispatch: ``sparse`` gathers each expert's tokens (only they are computed; their number depends on the routing,
+    which ``torch.compile`` cannot trace without a graph break and a GPU reads on the host); ``dense`` runs every
+    expert on every token and weights the outputs by the routing weights, zero for the experts a token was not routed
+    to: the same output in static shapes, at ``n_experts / top_k`` times the experts' FLOPs. ``auto`` is dense while
+    ``torch.compile`` traces and sparse otherwise.
+
     Args:
         d_model: model width (input and output size).
         d_ff: hidden width of each expert.
@@ -139,6 +145,7 @@ class MixtureOfExperts(nn.Module):
         expert: the expert block, ``"mlp"`` (:class:`MLP`) or ``"gated"`` (:class:`GatedMLP`).
         activation: the experts' nonlinearity, a key of :data:`ACTIVATIONS`.
         bias: whether the experts' linear layers have a bias (the router never has one).
+        dispatch: ``auto``, ``sparse`` or ``dense`` (above).
 
     Shapes:
         x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; ``aux_loss``: ``[]`` (float32; float64 for float64 inputs).
@@ -156,8 +163,10 @@ class MixtureOfExperts(nn.Module):
         expert: Literal["mlp", "gated"] = "gated",
         activation: Activation = "silu",
         bias: bool = False,
+        dispatch: Literal["auto", "sparse", "dense"] = "auto",
     ) -> None:
         super().__init__()
+        self.dispatch = dispatch
         if n_experts < 1:
             raise ValueError(f"n_experts must be at least 1, got {n_experts}")
         if not 1 <= top_k <= n_experts:
@@ -192,6 +201,12 @@ class MixtureOfExperts(nn.Module):
 
         if x.is_meta:  # a shape-only dry run has no router values to dispatch by
             return torch.empty_like(x)
+        if self.dispatch == "dense" or (self.dispatch == "auto" and torch.compiler.is_compiling()):
+            gates = (assigned.to(weights.dtype) * weights[..., None]).sum(dim=1)  # [N, E], 0 where not routed
+            out = torch.zeros_like(tokens)
+            for e, expert in enumerate(self.experts):
+                out = out + (expert(tokens) * gates[:, e, None]).to(out.dtype)
+            return out.view_as(x)
 
         # dispatch: each expert gathers its (token, slot) assignments, adds its weighted outputs back
         out = torch.zeros_like(tokens)
@@ -204,4 +219,4 @@ class MixtureOfExperts(nn.Module):
         return out.view_as(x)
 
     def extra_repr(self) -> str:
-        return f"n_experts={self.n_experts}, top_k={self.top_k}"
+        return f"n_experts={self.n_experts}, top_k={self.top_k}, dispatch={self.dispatch}"
