@@ -133,3 +133,15 @@ def test_fsdp_with_activation_checkpointing_through_the_strategy_takes_the_same_
     )
     losses = {name: json.loads((tmp_path / name / "losses.json").read_text()) for name in ("one", "ckpt")}
     assert losses["ckpt"] == pytest.approx(losses["one"], abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["layers", "true"])
+def test_fsdp_with_compiled_layers_takes_the_steps_of_one_eager_process(tmp_path: Path, mode: str) -> None:
+    """``compile=layers`` compiles each layer graph inside its FSDP unit; ``compile=true`` the layer loop over the
+    units: either way the steps one eager process takes."""
+    data = text_file(tmp_path / "text.txt")
+    run(tmp_path / "one", data, "trainer=cpu", "data.batch_size=8")
+    run(tmp_path / "compiled", data, "trainer=fsdp_sim", "data.batch_size=4", f"compile={mode}")
+    losses = {name: json.loads((tmp_path / name / "losses.json").read_text()) for name in ("one", "compiled")}
+    assert len(losses["compiled"]) == 4 and losses["compiled"] == pytest.approx(losses["one"], abs=1e-4)
