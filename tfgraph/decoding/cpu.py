@@ -196,7 +196,8 @@ def choose_linear(
     """The kernel ``model`` decodes ``rows`` rows on: ``wanted`` if it names one, else the one measured faster.
 
     A float32 CPU model measures once per process for its shapes, batch and thread count (see the module's text and
-    :func:`time_decode_steps`); any other model runs PyTorch's own kernel.
+    :func:`time_decode_steps`), and again, briefly, after :func:`observe` saw its steps drift; any other model runs
+    PyTorch's own kernel.
 
     Args:
         model: a ``decoder_only`` or ``encoder_decoder`` tfgraph model, in eval mode.
