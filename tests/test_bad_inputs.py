@@ -138,6 +138,24 @@ TRAIN = [
     # read only after training (and not at all with max_new_tokens=0): refused before it starts all the same
     train("sample.prompt=${oc.env:TFGRAPH_UNSET_VAR_X}", says=("sample.prompt: cannot resolve", "TFGRAPH_UNSET_VAR_X")),
     train("paths.output_dir={tmp}/book.txt/run", says=("paths.output_dir", "{tmp}/book.txt/run", "Not a directory")),
+    # a resumed run takes these from its checkpoint: given otherwise, each differing key is named
+    train(
+        "ckpt_path={lm}",
+        "optimizer.lr=0.5",
+        says=("optimizer.lr: given 0.5, but the checkpoint has 0.003", "init_from"),
+    ),
+    train("ckpt_path={lm}", "optimizer=sgd", says="optimizer.name: given 'sgd', but the checkpoint has 'adamw'"),
+    train("ckpt_path={lm}", "scheduler.warmup_steps=7", says="scheduler.warmup_steps: given 7, but the checkpoint has"),
+    train("ckpt_path={lm}", "model.n_layers=3", says="model.n_layers: given 3, but the checkpoint has 1"),
+    train(
+        "ckpt_path={lm}",
+        "data=text",
+        "data.path={tmp}/book.txt",
+        "data.block_size=8",
+        says="data.block_size: given 8, but the checkpoint has 16",
+    ),
+    # 69 billion parameters (256 GiB of weights, 1 TiB to train): refused before the data is read, none allocated
+    train("model.d_model=131072", "model.n_heads=128", says=("model: 68,821,713,152 parameters", "memory available")),
 ]
 
 EVAL = [
@@ -198,6 +216,32 @@ CASES = SHOW + TRAIN + EVAL + GENERATE + ATTENTION
 
 def test_the_suite_has_at_least_sixty_bad_inputs() -> None:
     assert len(CASES) >= 60 and len(set(CASES)) == len(CASES)
+
+
+def test_a_model_over_the_memory_available_is_refused_before_its_weights_exist(monkeypatch) -> None:
+    import tfgraph
+    from tfgraph import trainer as trainer_module
+    from tfgraph.registry import ConfigError
+    from tfgraph.trainer import build_trainer, check_memory
+
+    trainer = build_trainer(tfgraph.compose(QUICK))
+    monkeypatch.setattr(trainer_module, "available_memory", lambda: 10 * 2**20)
+    million = 1_000_000  # 3.8 MiB of float32 weights; with AdamW's two states and the gradients 15.3 MiB
+    with pytest.raises(ConfigError) as info:
+        check_memory(million, trainer, {"name": "adamw"}, "counted on meta")
+    assert info.value.problems == [
+        (
+            "model",
+            "1,000,000 parameters (counted on meta) need 3.8 MiB for their float32 weights, 15.3 MiB to train on the "
+            "CPU with adamw (32-true: weights, gradients and 2 states), but this machine has 10.0 MiB of memory "
+            "available: make the model smaller (model.d_model, model.n_layers, model.d_ff, model.vocab_size)",
+        )
+    ]
+    check_memory(million, trainer, {"name": "sgd", "momentum": 0.0}, "")  # 7.6 MiB: weights and gradients
+    monkeypatch.setattr(trainer_module, "available_memory", lambda: 16 * 2**20)
+    check_memory(million, trainer, {"name": "adamw"}, "")
+    monkeypatch.setattr(trainer_module, "available_memory", lambda: None)  # memory unknown: nothing refused
+    check_memory(10**15, trainer, {"name": "adamw"}, "")
 
 
 # ------------------------------------------------------------------------------------------------ the inputs

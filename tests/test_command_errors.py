@@ -187,7 +187,7 @@ def test_errors_raised_by_the_job_keep_their_meaning(here: Path, monkeypatch, ca
     err = config_error("show", ["model=gpt2_tiny", "model.n_heads=5"], monkeypatch, capsys)  # a ConfigError: 2
     assert "model.n_heads" in err
 
-    def diverge(cfg):
+    def diverge(cfg, overrides=()):
         raise TrainingDiverged("the training loss is nan at step 3")
 
     monkeypatch.setattr(tfgraph.train, "train", diverge)

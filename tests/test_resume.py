@@ -170,6 +170,52 @@ def test_a_run_resumed_mid_epoch_equals_an_uninterrupted_one(tmp_path: Path, boo
     assert resumed["val/loss"] == pytest.approx(straight["val/loss"], abs=1e-6)
 
 
+def test_a_resume_refuses_settings_other_than_the_checkpoints_and_takes_the_same_ones(book: Path) -> None:
+    from tfgraph.config import plain
+    from tfgraph.registry import ConfigError
+    from tfgraph.run_data import absolute_paths
+    from tfgraph.train import check_resumed_settings
+
+    trained_with = [*text_data(book), "optimizer.lr=1e-3", "scheduler=linear"]
+    cfg = tfgraph.compose(trained_with)
+    task = plain(cfg.task)
+    checkpoint = {  # what a run of these overrides stores
+        "tfgraph": {"task": task.pop("name")},
+        "hyper_parameters": {
+            "model": {**plain(cfg.model), "vocab_size": 40},
+            "tokenizer": "{}",
+            "optimizer": plain(cfg.optimizer),
+            "scheduler": plain(cfg.scheduler),
+            "data": absolute_paths(plain(cfg.data)),
+            **task,
+        },
+    }
+    check_resumed_settings(tfgraph.compose(["ckpt_path=last.ckpt"]), checkpoint, where="last.ckpt")  # none given
+    same = [*trained_with, "ckpt_path=last.ckpt", "trainer.max_steps=99"]  # and the trainer, the command line's
+    check_resumed_settings(tfgraph.compose(same), checkpoint, where="last.ckpt")
+    for override, key, says in [
+        ("optimizer.lr=3e-4", "optimizer.lr", "given 0.0003, but the checkpoint has 0.001"),
+        ("optimizer=sgd", "optimizer.name", "given 'sgd', but the checkpoint has 'adamw'"),
+        ("optimizer.betas=[0.8,0.9]", "optimizer.betas", "given [0.8, 0.9], but the checkpoint has [0.9, 0.99]"),
+        ("data.block_size=8", "data.block_size", "given 8, but the checkpoint has 32"),
+        ("model.d_model=32", "model.d_model", "given 32, but the checkpoint has 64"),
+        ("task.aux_loss_weight=0.1", "task.aux_loss_weight", "given 0.1, but the checkpoint has 0.01"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            check_resumed_settings(tfgraph.compose([*same, override]), checkpoint, where="last.ckpt")
+        problems = dict(info.value.problems)
+        assert problems[key] == says, override
+        assert "init_from=last.ckpt in place of ckpt_path" in problems["ckpt_path"]
+    # back to a default value: only the command line's overrides tell that it was given
+    back = [*same, "scheduler=cosine", "optimizer.lr=3e-3"]
+    check_resumed_settings(tfgraph.compose(back), checkpoint, where="last.ckpt")  # cannot tell from the config alone
+    with pytest.raises(ConfigError) as info:
+        check_resumed_settings(tfgraph.compose(back), checkpoint, where="last.ckpt", overrides=back)
+    problems = dict(info.value.problems)
+    assert problems["scheduler.name"] == "given 'cosine', but the checkpoint has 'linear'"
+    assert problems["optimizer.lr"] == "given 0.003, but the checkpoint has 0.001"
+
+
 def test_the_loader_skips_the_batches_of_its_saved_position() -> None:
     data = list(range(10))
     loader = ResumableLoader(data, batch_size=3)

@@ -68,6 +68,19 @@ def test_full_size_gpt2_is_shown_from_the_meta_device() -> None:
     assert "at seq_len 1024" in text
 
 
+def gpt2_params(d: int, vocab: int = 50257, max_len: int = 1024, layers: int = 12, d_ff: int = 3072) -> int:
+    """GPT-2's parameters by hand: token and position embeddings, per layer attention (4 d x d and their biases),
+    the FFN (two matrices and biases) and two layernorms, a final layernorm; the head is tied."""
+    layer = 4 * d * d + 4 * d + 2 * d * d_ff + d_ff + d + 2 * 2 * d
+    return vocab * d + max_len * d + layers * layer + 2 * d
+
+
+def test_a_model_too_big_for_any_memory_is_counted_without_allocating_it() -> None:
+    assert gpt2_params(768) == 124_439_808  # the formula, on the model above
+    text = _show("model=gpt2", "model.d_model=1200000", "model.vocab_size=10000000")  # 325 TB of float32 weights
+    assert _params_line(text) == gpt2_params(1_200_000, vocab=10_000_000) == 81_209_834_436_864
+
+
 def test_flops_per_token_of_gpt2_tiny_matches_the_matmul_count() -> None:
     d, layers, vocab, seq_len = 64, 2, 512, 256
     model = _built("model=gpt2_tiny")

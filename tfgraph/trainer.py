@@ -3,7 +3,8 @@
 :func:`build_trainer` instantiates ``cfg.trainer`` with the callbacks of ``cfg.callbacks`` and the loggers of
 ``cfg.logger``, adds the callbacks every tfgraph run has (:mod:`tfgraph.tasks.callbacks`) and writes every
 checkpoint atomically, and keeps Lightning's console to what concerns the run (:func:`quiet_lightning`); each mistake (a key the Trainer takes no argument for, a callback or logger whose package
-is missing, a GPU that is not there) is a :class:`tfgraph.ConfigError` at its config key.
+is missing, a GPU that is not there) is a :class:`tfgraph.ConfigError` at its config key. :func:`check_memory`
+refuses a model whose parameters cannot fit in the machine's memory, before they are allocated.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tfgraph.tasks.callbacks import (
 from tfgraph.tasks.callbacks import (
     scalars as scalars,  # tfgraph.trainer.scalars, as before
 )
+from tfgraph.tasks.optim import states_per_parameter
 from tfgraph.tasks.summary import ModelSummary as TfgraphModelSummary
 
 # Lines Lightning prints in every run that say nothing about it: its adverts ("💡 Tip: ... try installing
@@ -147,6 +149,72 @@ def instantiate_part(node: Any, path: str, kind: type) -> Any:
     if not isinstance(part, kind):
         raise ConfigError.at(path, f"{node._target_} is not a {kind.__name__}")
     return part
+
+
+def check_memory(params: int, trainer: pl.Trainer, optimizer_cfg: Mapping[str, Any] | None, what: str) -> None:
+    """Refuse, before any weight is allocated, a model whose parameters cannot fit in this machine's memory.
+
+    Its float32 weights (the task builds them on the host) must fit in the memory available now, and, where the
+    run trains on a CPU, so must what every step keeps: weights, gradients and the optimizer's states, in the
+    trainer's precision. That is the least a run needs (one copy, no activations): a model over it would be
+    killed, or leave the machine swapping, while its weights are allocated.
+
+    Args:
+        params: the model's parameters (counted on the ``meta`` device).
+        trainer: the run's Trainer (its device and precision).
+        optimizer_cfg: the optimizer config (how many states it keeps per parameter).
+        what: how the parameters were counted, for the message (``with the data's 65 ids``).
+
+    Raises:
+        tfgraph.ConfigError: at ``model``, with the sizes and the memory available.
+    """
+    available = available_memory()
+    if available is None:
+        return
+    weights = 4 * params
+    states = states_per_parameter(optimizer_cfg)
+    precision = str(trainer.precision)
+    width = 2 if precision in ("16-true", "bf16-true") else 8 if precision == "64-true" else 4
+    training = params * width * (2 + states)
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    needed = max(weights, training) if on_cpu else weights
+    if needed <= available:
+        return
+    name = (optimizer_cfg or {}).get("name", "adamw")
+    train = f", {_gib(training)} to train on the CPU with {name} ({precision}: weights, gradients and {states} states)"
+    raise ConfigError.at(
+        "model",
+        f"{params:,} parameters ({what}) need {_gib(weights)} for their float32 weights"
+        f"{train if on_cpu else ''}, but this machine has {_gib(available)} of memory available: make the model "
+        "smaller (model.d_model, model.n_layers, model.d_ff, model.vocab_size)",
+    )
+
+
+def available_memory() -> int | None:
+    """The bytes of memory this process may still allocate: the system's available memory (``MemAvailable``), or
+    less where a cgroup limits the process (a container's); None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        try:
+            with open(limit) as cap, open(usage) as used:
+                found.append(int(cap.read().strip()) - int(used.read().strip()))
+        except (OSError, ValueError):  # not there, or "max": no limit
+            continue
+    return min(found) if found else None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def format_metrics(metrics: Mapping[str, float], prefix: str = "") -> str:

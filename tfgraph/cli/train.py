@@ -101,9 +101,11 @@ def main() -> None:
     def run(cfg: DictConfig) -> Any:
         from tfgraph.train import train
 
+        overrides = list(HydraConfig.get().overrides.task)  # what a resumed run checks against its checkpoint
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return sweep_job(lambda cfg: train(sweep_output_dir(cfg)), cfg)  # the objective, or a FailedJob
-        metrics = run_job(train, cfg)
+            # the objective, or a FailedJob
+            return sweep_job(lambda cfg: train(sweep_output_dir(cfg), overrides=overrides), cfg)
+        metrics = run_job(lambda cfg: train(cfg, overrides=overrides), cfg)
         return metrics.get(cfg.get("optimized_metric"))
 
     try:

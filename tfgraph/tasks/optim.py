@@ -119,6 +119,15 @@ def check_optimizer(cfg: Mapping[str, Any], device: torch.device | str | None = 
     raise ConfigError(problems or [("optimizer", f"{cls.__name__} refuses these settings together{on}: {together}")])
 
 
+def states_per_parameter(cfg: Mapping[str, Any] | None) -> int:
+    """How many tensors of a parameter's size the optimizer of ``cfg`` keeps: Adam's two moments (three with
+    ``amsgrad``), SGD's momentum buffer (none without momentum)."""
+    cfg = cfg or {"name": "adamw"}
+    if cfg.get("name") == "sgd":
+        return 1 if cfg.get("momentum") else 0
+    return 3 if cfg.get("amsgrad") else 2
+
+
 def check_scheduler(cfg: Mapping[str, Any]) -> None:
     """Check a scheduler config without building anything."""
     fn, options = _named(SCHEDULES, cfg, "scheduler")
