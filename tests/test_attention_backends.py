@@ -56,7 +56,10 @@ def set_backend(model: torch.nn.Module, backend: str) -> None:
 def padded_batch(model, seed: int = 0) -> dict[str, torch.Tensor]:
     """Two rows of 9 tokens, the second right-padded after 5 (and the decoder's, for an encoder-decoder, after 4)."""
     g = torch.Generator().manual_seed(seed)
-    batch = {"input_ids": torch.randint(0, 500, (2, 9), generator=g), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(0, 500, (2, 9), generator=g),
+        "attention_mask": torch.ones(2, 9, dtype=torch.long),
+    }
     batch["attention_mask"][1, 5:] = 0
     if model.topology == "encoder_decoder":
         batch["decoder_input_ids"] = torch.randint(0, 500, (2, 7), generator=g)
@@ -79,7 +82,9 @@ CASES = [(preset, position, "") for preset in TINY_PRESETS for position in POSIT
 ]
 
 
-@pytest.mark.parametrize(("preset", "position", "variant"), CASES, ids=[f"{p}-{q}{'-' + v if v else ''}" for p, q, v in CASES])
+@pytest.mark.parametrize(
+    ("preset", "position", "variant"), CASES, ids=[f"{p}-{q}{'-' + v if v else ''}" for p, q, v in CASES]
+)
 def test_every_backend_equals_the_math_reference(preset, position, variant):
     """With padding, every output position (padded ones included) equals the math reference's."""
     model = build([f"model={preset}", f"model/position={position}", *STD, *VARIANTS.get(variant, [])])
@@ -112,7 +117,9 @@ def test_generation_with_the_cache_equals_the_math_reference(preset, position):
         mask[1, :2] = 0  # a prompt padded on the left
         options = {}
     set_backend(model, "math")
-    reference = generate(model, tokens, mask, max_new_tokens=7, use_cache=False, output_logits=True, cpu_linear="pytorch", **options)
+    reference = generate(
+        model, tokens, mask, max_new_tokens=7, use_cache=False, output_logits=True, cpu_linear="pytorch", **options
+    )
     for backend in BACKENDS:
         set_backend(model, backend)
         result = generate(model, tokens, mask, max_new_tokens=7, output_logits=True, cpu_linear="pytorch", **options)
@@ -171,7 +178,8 @@ def test_auto_takes_flex_on_cuda_for_biases_and_windows_only(overrides, expected
     stack = model.decoder
     assert stack.attention_backend == "auto"
     assert stack.kernel(fake_input("cuda"), None) == expected
-    assert stack.kernel(fake_input("cpu"), None) == "sdpa"  # the CPU's fused SDPA takes masks; unfused flex would not pay
+    # the CPU's fused SDPA takes masks; flex there would run unfused or compile for every shape
+    assert stack.kernel(fake_input("cpu"), None) == "sdpa"
     assert stack.kernel(fake_input("cuda"), object()) == "sdpa"  # a cached step: one query row, SDPA
 
 
@@ -212,10 +220,14 @@ def test_gqa_with_a_mask_stays_on_a_fused_kernel():
 
 def test_flex_skips_blocks_outside_a_sliding_window():
     """The block mask of a long causal window is sparse: whole blocks far from the diagonal are never computed."""
-    model = build(["model=llama_tiny", "model/attention=sliding_window", "model.attention.window=128", "model.max_len=1024"])
+    model = build(
+        ["model=llama_tiny", "model/attention=sliding_window", "model.attention.window=128", "model.max_len=1024"]
+    )
     from tfgraph.blocks.context import flex_mask
 
-    mask = flex_mask(model.decoder.position, queries=(0, 1024), keys=(0, 1024), causal=True, window=128, key_mask=None, device="cpu")
+    mask = flex_mask(
+        model.decoder.position, queries=(0, 1024), keys=(0, 1024), causal=True, window=128, key_mask=None, device="cpu"
+    )
     assert mask.block_mask.sparsity() > 75  # of 8 x 8 blocks of 128, 15 are computed
     assert mask.score_mod is None  # rope adds no score bias
 

@@ -105,7 +105,12 @@ def test_moe_dense_dispatch_computes_the_sparse_output_and_gradients(expert, n_e
         results[dispatch] = (out, grad_x)
     torch.testing.assert_close(results["dense"][0], results["sparse"][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(results["dense"][1], results["sparse"][1], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(results["dense"][0], brute_force(make_moe(n_experts=n_experts, top_k=top_k, expert=expert), x.detach(), top_k), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        results["dense"][0],
+        brute_force(make_moe(n_experts=n_experts, top_k=top_k, expert=expert), x.detach(), top_k),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 def test_moe_auto_dispatch_is_dense_while_compiling_and_traces_whole():

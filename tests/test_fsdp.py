@@ -17,6 +17,7 @@ from torch import nn
 import tfgraph
 from tests.test_distributed import config, text_file
 from tests.test_tasks import OPTIMIZER, make_task
+from tests.test_train import StopAt
 from tfgraph.graph import LayerGraph
 from tfgraph.tasks import load_checkpoint
 from tfgraph.tasks.optim import build_optimizer, decay_plan, unwrapped_name
@@ -145,3 +146,48 @@ def test_fsdp_with_compiled_layers_takes_the_steps_of_one_eager_process(tmp_path
     run(tmp_path / "compiled", data, "trainer=fsdp_sim", "data.batch_size=4", f"compile={mode}")
     losses = {name: json.loads((tmp_path / name / "losses.json").read_text()) for name in ("one", "compiled")}
     assert len(losses["compiled"]) == 4 and losses["compiled"] == pytest.approx(losses["one"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_resumes_from_its_whole_checkpoint_and_takes_the_uninterrupted_steps(tmp_path: Path) -> None:
+    """Three steps under FSDP (stopped inside the second epoch of 2 batches), then the fourth resumed from its
+    last.ckpt (model and AdamW state gathered whole): the four losses of one process never interrupted."""
+    data = text_file(tmp_path / "text.txt")
+    run(tmp_path / "one", data, "trainer=cpu", "data.batch_size=8")
+    fsdp = ["trainer=fsdp_sim", "data.batch_size=4"]
+    first = config(
+        tmp_path / "first", data, "optimizer.weight_decay=0.1", *fsdp, "callbacks.last_checkpoint.every_n_train_steps=1"
+    )
+    with open_dict(first):
+        first.callbacks.stop = {"_target_": f"{StopAt.__module__}.StopAt", "step": 3}  # the schedule of 4 steps
+    train(first)
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    done = load_checkpoint(checkpoint)["global_step"]
+    assert 0 < done < 4
+    run(tmp_path / "resumed", data, *fsdp, "callbacks.last_checkpoint.every_n_train_steps=1", f"ckpt_path={checkpoint}")
+    losses = {name: json.loads((tmp_path / name / "losses.json").read_text()) for name in ("one", "first", "resumed")}
+    assert losses["first"][:done] + losses["resumed"] == pytest.approx(losses["one"], abs=1e-5)
+
+
+def test_a_whole_optimizer_state_is_keyed_by_position_in_the_groups_as_one_process_keys_it() -> None:
+    """The decay groups reorder the parameters (the optimizer's positions are not ``model.parameters()``' order, which
+    Lightning's FSDP keys by): the state written by position and read back by name puts every moment on its own
+    parameter, and one process's ``optimizer.state_dict()`` reads the same way."""
+    from tfgraph.tasks.strategies import by_name, by_position
+
+    task = make_task("causal_lm", "gpt2_tiny")
+    optimizer = build_optimizer(task, OPTIMIZER)
+    for p in task.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    in_groups = [p for g in optimizer.param_groups for p in g["params"]]
+    assert [id(p) for p in in_groups] != [id(p) for p in task.parameters()]  # reordered by the decay groups
+    names = {id(p): n for n, p in task.named_parameters()}
+    standard = optimizer.state_dict()  # one process's: keyed by position in the groups
+    named = by_name(standard, optimizer, task)
+    for p in in_groups:
+        torch.testing.assert_close(named["state"][names[id(p)]]["exp_avg"], optimizer.state[p]["exp_avg"])
+    assert [len(g["params"]) for g in named["param_groups"]] == [len(g["params"]) for g in optimizer.param_groups]
+    again = by_position(named)  # what the strategy writes from FSDP's name-keyed state
+    assert again["param_groups"] == [{**g} for g in standard["param_groups"]]
+    assert all(torch.equal(again["state"][i]["exp_avg"], s["exp_avg"]) for i, s in standard["state"].items())

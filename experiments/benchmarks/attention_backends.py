@@ -115,7 +115,9 @@ def measure_case(case: str, sizes: dict, seq_len: int, rounds: int, device: torc
     return {
         "seconds": seconds,
         "median_ms": {b: statistics.median(s) * 1e3 for b, s in seconds.items()},
-        "vs_sdpa": {b: statistics.median(x / y for x, y in zip(s, seconds["sdpa"])) for b, s in seconds.items()},
+        "vs_sdpa": {
+            b: statistics.median(x / y for x, y in zip(s, seconds["sdpa"], strict=True)) for b, s in seconds.items()
+        },
         "peak_bytes": {b: peak_bytes(lambda b=b: forward(b), device) for b in BACKENDS},
         "first_call_s": compile_s,
         "max_abs_diff_vs_math": diffs,
@@ -142,11 +144,14 @@ def markdown(result: dict) -> str:
         f"{config['device']}), the second row padded after 3/4; {result['rounds']} rounds, the backends' order rotating. "
         "Every backend's output equals the math reference's (largest difference "
         f"{max(d for m in result['cases'].values() for d in m['max_abs_diff_vs_math'].values()):.1e}). flex's first "
-        "call compiles (" + ", ".join(f"{case} {m['first_call_s']['flex']:.0f} s" for case, m in result["cases"].items())
+        "call compiles ("
+        + ", ".join(f"{case} {m['first_call_s']['flex']:.0f} s" for case, m in result["cases"].items())
         + "); peak allocated: the profiler's allocation records over one forward, above what was allocated before it."
     )
-    measured = common.measured_on_shared_cpu(result["date"], env) if config["device"] == "cpu" else (
-        f"Measured {result['date']} on {config['device_name']}, torch {env['torch']}"
+    measured = (
+        common.measured_on_shared_cpu(result["date"], env)
+        if config["device"] == "cpu"
+        else (f"Measured {result['date']} on {config['device_name']}, torch {env['torch']}")
     )
     return common.report(measured + f", {env['threads']} threads.", result["command"], rows, note)
 

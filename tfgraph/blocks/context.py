@@ -353,7 +353,9 @@ def memory_mask(padding_mask: Tensor | None, *, flex_queries: int | None = None)
         def allowed(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             return real[b, kv]
 
-        return FlexMask(create_block_mask(allowed, real.shape[0], None, flex_queries, real.shape[1], device=real.device))
+        return FlexMask(
+            create_block_mask(allowed, real.shape[0], None, flex_queries, real.shape[1], device=real.device)
+        )
     return None if padding_mask is None else padding_mask[:, None, None, :].bool()
 
 

@@ -281,7 +281,9 @@ def backends(subject: Subject) -> Outcome:
         for stack, backend in stacks.items():
             stack.attention_backend = backend
     diffs = {backend: max_diff(outputs[backend], outputs["math"]) for backend in ("sdpa", "flex")}
-    figure = "max |diff| vs math: " + ", ".join(f"{b} {_fmt(d)}" for b, d in diffs.items()) + f" (rows of {length}, {short})"
+    figure = (
+        "max |diff| vs math: " + ", ".join(f"{b} {_fmt(d)}" for b, d in diffs.items()) + f" (rows of {length}, {short})"
+    )
     worst_backend = max(diffs, key=diffs.get)
     worst = diffs[worst_backend]
     if worst <= subject.atol:

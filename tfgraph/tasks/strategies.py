@@ -30,6 +30,7 @@ from torch import nn
 from tfgraph.graph import LayerGraph
 from tfgraph.models.transformer import Stack
 from tfgraph.registry import ConfigError
+from tfgraph.tasks.optim import unwrapped_name
 
 log = logging.getLogger(__name__)
 PRECISION_KEYS = ("param_dtype", "reduce_dtype", "buffer_dtype")
@@ -178,16 +179,63 @@ class LayerFSDP(FSDPStrategy):
             return self.model.state_dict()
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        if not self._full_on_cpu():
+        """A whole checkpoint's optimizer state in the standard format: keyed by each parameter's position in the
+        optimizer's groups, as one process's ``optimizer.state_dict()`` is (Lightning keys it by the order of
+        ``model.parameters()``, which differs once the weight-decay groups reorder the parameters: a resume in one
+        process then gives one tensor's moments to another)."""
+        if self._state_dict_type != "full":
             return super().optimizer_state(optimizer)
-        from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
+        from pytorch_lightning.strategies.fsdp import _get_full_state_dict_context
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
         optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's own
-        with full_state_dict_in_place(self.model):
+        if self._full_on_cpu():
+            context = full_state_dict_in_place(self.model)
+        else:
+            context = _get_full_state_dict_context(self.model, world_size=self.world_size)
+        with context:
             state = FullyShardedDataParallel.optim_state_dict(self.model, optimizer)
-            if self.global_rank == 0:  # in the standard format, by parameter index
-                state = FullyShardedDataParallel.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
-            return state
+        return by_position(state) if self.global_rank == 0 else state
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """A whole checkpoint (one file) loads as Lightning loads it, its optimizer state read by position in the
+        optimizer's groups (:meth:`optimizer_state`): from this strategy, from DDP or from one process alike."""
+        from pathlib import Path
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not path.is_file():
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        from pytorch_lightning.strategies.fsdp import (  # as Lightning's own load_checkpoint has them
+            _get_full_state_dict_context,
+            _lazy_load,
+            _load_raw_module_state,
+            _materialize_tensors,
+        )
+        from pytorch_lightning.trainer.states import TrainerFn
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        checkpoint = _lazy_load(path)
+        module = self.lightning_module
+        _load_raw_module_state(
+            checkpoint.pop("state_dict"), module=self.model, world_size=self.world_size, strict=module.strict_loading
+        )
+        checkpoint = _materialize_tensors(checkpoint)
+        states = checkpoint.get("optimizer_states")
+        if states is None or module.trainer.state.fn != TrainerFn.FITTING:
+            return checkpoint
+        if len(states) != len(self.optimizers):
+            raise RuntimeError(
+                f"the checkpoint holds the state of {len(states)} optimizers, the run has {len(self.optimizers)}"
+            )
+        with _get_full_state_dict_context(self.model, world_size=self.world_size, rank0_only=False):
+            for optimizer, state in zip(self.optimizers, states, strict=True):
+                named = by_name(state, optimizer, self.model)
+                optimizer.load_state_dict(
+                    FullyShardedDataParallel.optim_state_dict_to_load(
+                        model=self.model, optim=optimizer, optim_state_dict=named
+                    )
+                )
+        return checkpoint
 
     def _full_on_cpu(self) -> bool:
         """Whether whole-model checkpoints are gathered on CPU processes, where Lightning's offload to the CPU
@@ -197,6 +245,36 @@ class LayerFSDP(FSDPStrategy):
     def teardown(self) -> None:
         super().teardown()
         close_spawned_group(self.start_method)
+
+
+def by_position(state: Mapping[str, Any]) -> dict[str, Any]:
+    """FSDP's whole optimizer state (keyed by parameter names) keyed instead by each parameter's position in the
+    optimizer's groups, the order ``optimizer.state_dict()`` uses."""
+    order = [name for group in state["param_groups"] for name in group["params"]]
+    position = {name: i for i, name in enumerate(order)}
+    return {
+        "state": {position[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**g, "params": [position[n] for n in g["params"]]} for g in state["param_groups"]],
+    }
+
+
+def by_name(state: Mapping[str, Any], optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+    """A standard optimizer state (keyed by position in the groups) keyed by the names of the parameters the
+    optimizer holds at those positions, as FSDP loads it; a state already keyed by name is returned as it is."""
+    if not state["state"] or not isinstance(next(iter(state["state"])), int):
+        return dict(state)
+    names = {id(p): unwrapped_name(n) for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = [i for group in state["param_groups"] for i in group["params"]]
+    if len(saved) != len(order):
+        raise RuntimeError(
+            f"the checkpoint's optimizer holds {len(saved)} parameters, this run's {len(order)}: a different model "
+            "or weight-decay grouping cannot take its state"
+        )
+    return {
+        "state": {order[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+    }
 
 
 def full_state_dict_in_place(model: nn.Module) -> Any:
