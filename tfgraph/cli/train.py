@@ -101,7 +101,8 @@ def main() -> None:
     def run(cfg: DictConfig) -> Any:
         from tfgraph.train import train
 
-        overrides = list(HydraConfig.get().overrides.task)  # what a resumed run checks against its checkpoint
+        # what a resumed run checks against its checkpoint, as typed (an override's ${...} is the config's to resolve)
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # the objective, or a FailedJob
             return sweep_job(lambda cfg: train(sweep_output_dir(cfg), overrides=overrides), cfg)
