@@ -207,13 +207,14 @@ def test_a_resume_refuses_settings_other_than_the_checkpoints_and_takes_the_same
         assert problems[key] == says, override
         assert "init_from=last.ckpt in place of ckpt_path" in problems["ckpt_path"]
     # back to a default value: only the command line's overrides tell that it was given
-    back = [*same, "scheduler=cosine", "optimizer.lr=3e-3"]
+    back = [*same, "scheduler=cosine", "optimizer.lr=3e-3", "model=gpt2_tiny"]  # the model's vocab_size is the data's
     check_resumed_settings(tfgraph.compose(back), checkpoint, where="last.ckpt")  # cannot tell from the config alone
     with pytest.raises(ConfigError) as info:
         check_resumed_settings(tfgraph.compose(back), checkpoint, where="last.ckpt", overrides=back)
     problems = dict(info.value.problems)
     assert problems["scheduler.name"] == "given 'cosine', but the checkpoint has 'linear'"
     assert problems["optimizer.lr"] == "given 0.003, but the checkpoint has 0.001"
+    assert problems.keys() == {"scheduler.name", "scheduler.min_lr_ratio", "optimizer.lr", "ckpt_path"}
 
 
 def test_the_loader_skips_the_batches_of_its_saved_position() -> None:

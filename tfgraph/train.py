@@ -271,6 +271,7 @@ def resume(
 
 
 RESUMED_PARTS = ("model", "task", "data", "optimizer", "scheduler")  # what a resumed run takes from its checkpoint
+SET_BY_THE_DATA = ("model.vocab_size",)  # the tokenizer's, in every run: a config's value is never used
 
 
 def check_resumed_settings(
@@ -320,7 +321,7 @@ def check_resumed_settings(
         problems += [
             (key, f"given {value!r}, but the checkpoint has {was[key]!r}")
             for key, value in given.items()
-            if key in was and value != was[key] and set_here(key, value, usual)
+            if key in was and value != was[key] and set_here(key, value, usual) and key not in SET_BY_THE_DATA
         ]
     if problems:
         problems.append(
