@@ -148,25 +148,42 @@ def test_fsdp_with_compiled_layers_takes_the_steps_of_one_eager_process(tmp_path
     assert len(losses["compiled"]) == 4 and losses["compiled"] == pytest.approx(losses["one"], abs=1e-4)
 
 
-@pytest.mark.slow
-def test_fsdp_resumes_from_its_whole_checkpoint_and_takes_the_uninterrupted_steps(tmp_path: Path) -> None:
-    """Three steps under FSDP (stopped inside the second epoch of 2 batches), then the fourth resumed from its
-    last.ckpt (model and AdamW state gathered whole): the four losses of one process never interrupted."""
-    data = text_file(tmp_path / "text.txt")
-    run(tmp_path / "one", data, "trainer=cpu", "data.batch_size=8")
-    fsdp = ["trainer=fsdp_sim", "data.batch_size=4"]
-    first = config(
-        tmp_path / "first", data, "optimizer.weight_decay=0.1", *fsdp, "callbacks.last_checkpoint.every_n_train_steps=1"
-    )
+def stopped_and_resumed(tmp_path: Path, data: Path, stop: int, *settings: str) -> list[float]:
+    """The losses of a run of 4 steps stopped after ``stop`` and resumed from its last.ckpt (those of the steps
+    before the checkpoint, then the resumed run's)."""
+    every_step = "callbacks.last_checkpoint.every_n_train_steps=1"
+    first = config(tmp_path / "first", data, "optimizer.weight_decay=0.1", *settings, every_step)
     with open_dict(first):
-        first.callbacks.stop = {"_target_": f"{StopAt.__module__}.StopAt", "step": 3}  # the schedule of 4 steps
+        first.callbacks.stop = {"_target_": f"{StopAt.__module__}.StopAt", "step": stop}  # the schedule of 4 steps
     train(first)
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
     done = load_checkpoint(checkpoint)["global_step"]
     assert 0 < done < 4
-    run(tmp_path / "resumed", data, *fsdp, "callbacks.last_checkpoint.every_n_train_steps=1", f"ckpt_path={checkpoint}")
-    losses = {name: json.loads((tmp_path / name / "losses.json").read_text()) for name in ("one", "first", "resumed")}
-    assert losses["first"][:done] + losses["resumed"] == pytest.approx(losses["one"], abs=1e-5)
+    run(tmp_path / "resumed", data, *settings, every_step, f"ckpt_path={checkpoint}")
+    losses = {name: json.loads((tmp_path / name / "losses.json").read_text()) for name in ("first", "resumed")}
+    return losses["first"][:done] + losses["resumed"]
+
+
+def test_a_run_stopped_at_the_end_of_a_limited_epoch_resumes_with_the_next_one(tmp_path: Path) -> None:
+    """Epochs of 2 batches (``overfit_batches=2``, of a loader that holds more): stopped after the second step, the
+    resumed run starts the next epoch, not 2 batches into it."""
+    data = text_file(tmp_path / "text.txt")
+    run(tmp_path / "one", data, "trainer=cpu", "data.batch_size=8")
+    straight = json.loads((tmp_path / "one" / "losses.json").read_text())
+    resumed = stopped_and_resumed(tmp_path, data, 2, "trainer=cpu", "data.batch_size=8")
+    assert resumed == pytest.approx(straight, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [2, 3], ids=["at_an_epoch_end", "inside_an_epoch"])
+def test_fsdp_resumes_from_its_whole_checkpoint_and_takes_the_uninterrupted_steps(tmp_path: Path, stop: int) -> None:
+    """Stopped under FSDP after ``stop`` of 4 steps (epochs of 2 batches), then resumed from its last.ckpt (model and
+    AdamW state gathered whole): the four losses of one process never interrupted."""
+    data = text_file(tmp_path / "text.txt")
+    run(tmp_path / "one", data, "trainer=cpu", "data.batch_size=8")
+    straight = json.loads((tmp_path / "one" / "losses.json").read_text())
+    resumed = stopped_and_resumed(tmp_path, data, stop, "trainer=fsdp_sim", "data.batch_size=4")
+    assert resumed == pytest.approx(straight, abs=1e-5)
 
 
 def test_a_whole_optimizer_state_is_keyed_by_position_in_the_groups_as_one_process_keys_it() -> None:

@@ -150,6 +150,9 @@ class ResumableLoader(DataLoader):
     """
 
     batches_yielded = 0  # in the epoch being iterated (or the last one, once it ended)
+    epoch_batches: float | None = (
+        None  # batches in an epoch when the trainer stops short of len(self) (the task sets it)
+    )
     _skip = 0  # batches the next iteration skips (set by load_state_dict)
 
     def __iter__(self) -> Iterator[Any]:
@@ -162,7 +165,8 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         done = self.batches_yielded
-        return {"batches_yielded": done if done < len(self) else 0}  # a finished epoch resumes with a new one
+        epoch = len(self) if self.epoch_batches is None else min(len(self), self.epoch_batches)
+        return {"batches_yielded": done if done < epoch else 0}  # a finished epoch resumes with a new one
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._skip = int(state.get("batches_yielded", 0))

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torchmetrics import MeanMetric, Metric
 
+from tfgraph.data.examples import ResumableLoader
 from tfgraph.data.tokenizers import Tokenizer
 from tfgraph.models import Transformer, build_model
 from tfgraph.models.build import init_weights
@@ -170,6 +171,14 @@ class Task(pl.LightningModule):
         if mode is not False and not getattr(self, "_compiled_as", None):
             compile_model(self.model, mode)
             self._compiled_as = mode
+
+    def on_train_epoch_start(self) -> None:
+        """An epoch ends at Lightning's limit of batches (``limit_train_batches``, ``overfit_batches``), not at the
+        loader's length: a resumable loader learns the limit, so that a checkpoint taken after the epoch's last
+        batch resumes with a new epoch instead of skipping that many batches of it."""
+        loader = self.trainer.train_dataloader
+        if isinstance(loader, ResumableLoader):
+            loader.epoch_batches = self.trainer.num_training_batches
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Host-side preparation of a batch, before Lightning moves it to the device: an attention mask without
