@@ -22,6 +22,15 @@ needs_dot = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and on a shared machine a second thread waits for a free core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_text_run(folder: Path) -> list[str]:
     """The overrides of a run of a 1-layer gpt2_tiny on a small text written to ``folder`` (its data cache there
     too), on the CPU, without a progress bar, loggers, test or sample; the steps and the run dir are the caller's."""

@@ -30,21 +30,15 @@ VARIANTS = {  # what else changes the masks: grouped key/value heads, sliding wi
     "window": ["model/attention=sliding_window", "model.attention.window=3", "model.n_kv_heads=2"],
 }
 ATOL = 2e-5
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # COMPILE_FLEX off
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),  # COMPILE_FLEX off
+    pytest.mark.usefixtures("one_thread"),  # tests/conftest.py
+]
 
 
 @pytest.fixture(autouse=True)
 def unfused_flex(monkeypatch):
     monkeypatch.setattr(kernels, "COMPILE_FLEX", False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and on a shared machine a second thread waits for a free core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def set_backend(model: torch.nn.Module, backend: str) -> None:

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import build, run
-from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tfgraph.attention_maps import attention_map, attention_report, attention_weights, recording, top_attended
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
 
 CASES = [
     ["model=gpt2_tiny"],

@@ -20,15 +20,7 @@ POSITIONS = group_options("position")
 MATRIX = [(p, g, o) for p in GENERATIVE for g in SWAPPABLE_GROUPS for o in group_options(g)]
 STD = ["model.init_std=0.1", "model.max_len=64"]  # weights large enough for varied tokens; logits still O(1)
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and on a shared machine a second thread waits for a free core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:

@@ -19,7 +19,6 @@ from torch import nn
 
 import tfgraph
 from tests.conftest import build
-from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tfgraph.blocks.attention import MultiHeadAttention
 from tfgraph.blocks.ffn import MLP
 from tfgraph.blocks.norm import LayerNorm
@@ -312,6 +311,8 @@ def tfgraph_check(*args: str, cwd: Path, env: dict | None = None) -> subprocess.
 PLUGIN = """
 import tfgraph
 from tfgraph.blocks.attention import MultiHeadAttention
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
 
 
 @tfgraph.register("attention", "peeking")

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import build
-from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tfgraph.decoding import (
     cpu,
     generate,
@@ -26,6 +25,8 @@ from tfgraph.decoding import (
     top_k_filter,
     top_p_filter,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
 
 NEG = float("-inf")
 

@@ -11,10 +11,12 @@ import torch
 
 import tfgraph
 from tests.conftest import build
-from tests.test_cache import ids, left_padded, one_thread  # noqa: F401 (autouse fixture)
+from tests.test_cache import ids, left_padded
 from tests.test_decoding_options import command_options
 from tfgraph.blocks.context import StaticStackCache
 from tfgraph.decoding import api, cpu, generate, session
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
 
 STD = ["model.init_std=0.1", "model.max_len=64"]
 needs_onednn = pytest.mark.skipif(not cpu.onednn_available(), reason="this PyTorch build has no oneDNN linear kernel")

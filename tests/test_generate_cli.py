@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import tfgraph
-from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tests.test_tasks import TOKENIZER, make_task
 from tests.test_train import run_config
 from tfgraph.cli import attention as attention_cli
@@ -21,6 +20,8 @@ from tfgraph.decoding import GenerateOutput, TextStreamer
 from tfgraph.inference import attention_from_config, generate_from_config
 from tfgraph.tasks import load_task
 from tfgraph.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
 
 PROMPTS = {"causal_lm": "abc", "seq2seq": "badge"}  # TinyData's tokenizer knows the letters a to j
 

@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 
 import tfgraph
 from tests.conftest import FULL_PRESETS, SWAPPABLE_GROUPS, TINY_PRESETS, build, group_options, run
-from tests.test_cache import one_thread  # noqa: F401 (autouse fixture)
 from tfgraph.checks import Subject, run_checks
 from tfgraph.config import conf_dir
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
 
 MATRIX = [
     (preset, group, option) for preset in TINY_PRESETS for group in SWAPPABLE_GROUPS for option in group_options(group)

@@ -259,8 +259,9 @@ def cached_attention_context(
             kernel="math" if kernel == "math" else "sdpa",
         )
     end = offset + length
+    # per window, the first slot any query of this call sees (the first query sees no earlier key)
+    key_start = {w: 0 if w is None else max(0, offset + 1 - w) for w in windows}
     if kernel == "flex":
-        key_start = {w: 0 if w is None else max(0, offset + 1 - w) for w in windows}
         masks = {
             window: flex_mask(
                 position,
@@ -281,10 +282,7 @@ def cached_attention_context(
     bias = position.score_bias(q_pos, k_pos, causal=True)
     plain = bias is None and key_mask is None
     masks: dict[int | None, Tensor | None] = {}
-    key_start: dict[int | None, int] = {}
-    for window in windows:
-        start = 0 if window is None else max(0, offset + 1 - window)  # the first query sees no earlier key
-        key_start[window] = start
+    for window, start in key_start.items():
         if plain and (length == 1 or (offset == 0 and (window is None or window >= length))):
             masks[window] = None
             continue
