@@ -72,3 +72,21 @@ def test_training_imports_no_drawing_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_the_sigpipe_status() -> None:
+    """``tfgraph-generate ... | head``: once head has read its lines, the next write fails; no traceback."""
+    import subprocess
+    import sys
+
+    script = (
+        "from tfgraph.cli import exit_on_error\n"
+        "def stream():\n"
+        "    while True:\n"
+        "        print('line ' * 100, flush=True)\n"
+        "exit_on_error(stream)\n"
+    )
+    command = f'{sys.executable} -c "{script}" | head -n 2'
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.stdout.count("\n") == 2
+    assert result.stderr == "" and result.returncode == 141

@@ -35,9 +35,13 @@ FULL_ERROR = "HYDRA_FULL_ERROR"  # set, Hydra raises what it would print with it
 def exit_on_error(function: Callable[..., T], *args: Any, exit_codes: Mapping[type[BaseException], int] = {}) -> T:
     """``function(*args)``; what is the user's to mend becomes ``error: <message>`` on stderr and an exit code
     instead of a traceback (:func:`exit_status`: a ConfigError, a DataError, a diverged training, one of those
-    raised in a spawned process, or an exception of ``exit_codes``). Anything else keeps its traceback."""
+    raised in a spawned process, or an exception of ``exit_codes``), and output into a closed pipe ends quietly
+    with status 141. Anything else keeps its traceback."""
     try:
         return function(*args)
+    except BrokenPipeError:  # the reader went away (`tfgraph-generate ... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+        sys.exit(128 + 13)  # the shell's status for a process ended by SIGPIPE
     except Exception as err:
         status = exit_status(err, exit_codes)
         if status is None:
