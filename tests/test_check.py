@@ -26,6 +26,8 @@ from tfgraph.checks import CHECKS, Skip, Subject, check, run_checks, small_confi
 from tfgraph.registry import _REGISTRY, extend_arguments
 from tfgraph.show import show
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
+
 FAST = ["model.n_layers=1", "model.max_len=64"]
 
 
@@ -311,8 +313,6 @@ def tfgraph_check(*args: str, cwd: Path, env: dict | None = None) -> subprocess.
 PLUGIN = """
 import tfgraph
 from tfgraph.blocks.attention import MultiHeadAttention
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # one thread for tiny models (tests/conftest.py)
 
 
 @tfgraph.register("attention", "peeking")
